@@ -1,0 +1,224 @@
+"""Process and HTTP plumbing shared by the benchmark scripts (stdlib + psutil only).
+
+Every process started here is a ``Child``; callers stop them in ``finally``.
+All traffic goes to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+HOST = "127.0.0.1"
+
+
+class BenchError(Exception):
+    """A benchmark could not run; the message says why."""
+
+
+class Child:
+    """A subprocess whose output goes to a log file, stopped by :meth:`stop`."""
+
+    def __init__(self, name: str, argv: list[str], logdir: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.name = name
+        self.log = logdir / f"{name}.log"
+        full_env = dict(os.environ)
+        full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+        full_env.update(env or {})
+        self._fh = open(self.log, "wb")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(argv, stdout=self._fh, stderr=subprocess.STDOUT, env=full_env,
+                                     cwd=str(cwd or REPO), stdin=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    def wait_line(self, prefix: str, timeout: float = 20.0) -> str:
+        """Wait for a line starting with ``prefix``; return the rest of it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.output().splitlines():
+                if line.startswith(prefix):
+                    return line[len(prefix):].strip()
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}")
+            time.sleep(0.02)
+        raise BenchError(f"{self.name}: no '{prefix}' line within {timeout}s:\n{self.tail()}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> float:
+        """SIGTERM, wait, SIGKILL if needed; return the seconds the stop took."""
+        t0 = time.perf_counter()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._fh.close()
+        return time.perf_counter() - t0
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (held open until all are picked)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def port_accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _start_listener(name: str, argv: list[str], logdir: Path) -> tuple[Child, int]:
+    child = Child(name, argv, logdir)
+    try:
+        return child, int(child.wait_line("listening on"))
+    except BaseException:
+        child.stop()
+        raise
+
+
+def start_backend(logdir: Path) -> tuple[Child, int]:
+    return _start_listener("backend", [PY, "-m", "bench.backend", "--port", "0"], logdir)
+
+
+def start_bare_proxy(logdir: Path, backend_port: int) -> tuple[Child, int]:
+    return _start_listener("bare_proxy", [PY, "-m", "bench.bare_proxy", "--port", "0",
+                                          "--backend", f"http://{HOST}:{backend_port}"], logdir)
+
+
+def call(port: int, method: str, path: str, body: Any = None, token: str | None = None,
+         timeout: float = 10.0) -> tuple[int, Any]:
+    """One JSON request on a fresh connection; returns (status, decoded body or text)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        try:
+            return resp.status, json.loads(raw)
+        except ValueError:
+            return resp.status, raw.decode(errors="replace")
+    finally:
+        conn.close()
+
+
+class FLM:
+    """``twistd -n flm`` on a data dir, with its admin port and token.
+
+    (``python -m twisted`` is ``twist``, which has no ``-n``; ``twistd`` is what users run.)
+    """
+
+    def __init__(self, logdir: Path, data_dir: Path, backend_port: int, extra: list[str] | None = None,
+                 name: str = "flm") -> None:
+        self.token = os.environ.get("FLM_BENCH_TOKEN") or secrets.token_urlsafe(24)
+        self.admin_port = free_ports(1)[0]
+        self.data_dir = data_dir
+        argv = [twistd(), "-n", "--pidfile=", "flm", "--data-dir", str(data_dir),
+                "--admin", f"tcp:{self.admin_port}:interface={HOST}",
+                "--backend", f"http://{HOST}:{backend_port}", "--backend-kind", "openai", *(extra or [])]
+        self.argv = argv
+        self.child = Child(name, argv, logdir, env={"FLM_ADMIN_TOKEN": self.token}, cwd=data_dir)
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    def wait_healthy(self, timeout: float = 30.0) -> float:
+        """Seconds from process start until ``GET /health`` answers 200."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            if not self.child.alive():
+                raise BenchError(f"FLM exited ({self.child.proc.returncode}):\n{self.child.tail()}")
+            try:
+                status, body = call(self.admin_port, "GET", "/health", timeout=2)
+                last = (status, body)
+                if status == 200:
+                    return time.perf_counter() - self.child.started
+            except OSError:
+                pass
+            time.sleep(0.005)
+        raise BenchError(f"FLM /health not 200 within {timeout}s (last: {last}):\n{self.child.tail()}")
+
+    def admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        return call(self.admin_port, method, path, body, token=self.token)
+
+    def create_api(self, **fields: Any) -> dict[str, Any]:
+        status, body = self.admin("POST", "/api/apis", fields)
+        if status != 201:
+            raise BenchError(f"POST /api/apis {fields.get('name')}: {status} {body}")
+        return body
+
+    def stop(self) -> float:
+        return self.child.stop()
+
+
+def temp_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def twistd() -> str:
+    """The ``twistd`` next to this interpreter (the venv's), else the one on PATH."""
+    beside = Path(PY).parent / "twistd"
+    found = str(beside) if beside.exists() else shutil.which("twistd")
+    if not found:
+        raise BenchError("no twistd found: install Twisted into this interpreter's environment")
+    return found
+
+
+def flm_available() -> str | None:
+    """None when ``twistd`` lists the flm plugin, else the reason."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([twistd(), "--help"], capture_output=True, text=True, env=env,
+                         cwd=tempfile.gettempdir(), timeout=60)
+    if any(line.strip().startswith("flm ") for line in out.stdout.splitlines()):
+        return None
+    return ("twistd does not list the flm plugin: install the package "
+            "(pip install -e . --config-settings editable_mode=compat) and check flm/tap.py imports")

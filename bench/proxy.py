@@ -1,0 +1,333 @@
+"""Proxy throughput and latency: backend direct vs a bare Twisted proxy vs FLM, same run.
+
+    python -m bench.proxy [--quick] [--out results.json] [--py-spy flm-stacks.txt]
+
+Starts the fast fake backend (bench.backend), the bare proxy (bench.bare_proxy) and
+``twistd -n flm`` with one API, then for concurrency 1, 10, 50, non-streaming and
+streaming, runs wrk against each target in turn (rotating the order each repetition)
+and prints medians: requests/s, p50/p99 latency, the ratios FLM/bare and FLM/direct,
+FLM's CPU seconds per 1,000 requests and its RSS.  Then streaming time-to-first-byte at
+concurrency 1 with a keep-alive Python client.  Every process is stopped on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench import harness, loadgen
+from bench.harness import BenchError, median
+
+TARGETS = ("direct", "bare", "flm")
+TARGETS_ISSUE3 = {
+    "added_p50_c1_ms": 1.5,
+    "flm_rps_c50_nonstream": 1000.0,
+    "ttfb_added_ms": 2.0,
+    "flm_over_bare": 0.75,
+}
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+def start_flm(logdir: Path, backend_port: int, args: argparse.Namespace) -> harness.FLM:
+    extra = ["--backend-max-concurrent", str(args.backend_max_concurrent)]
+    if args.config:
+        extra += ["--config", str(Path(args.config).resolve())]
+    extra += args.flm_arg
+    return harness.FLM(logdir, harness.temp_dir("flm-bench-data-"), backend_port, extra)
+
+
+def create_api(flm: harness.FLM) -> dict[str, Any]:
+    """Wait for FLM, create the one API the benchmark uses, wait for its port."""
+    flm.wait_healthy(timeout=60)
+    api_port = harness.free_ports(1)[0]
+    api = flm.create_api(name="bench", model="bench-model", port=api_port, max_concurrent=64,
+                         max_queue=512, queue_timeout_s=60, upstream_timeout_s=60)
+    deadline = time.monotonic() + 10
+    while not harness.port_accepts(api["port"]):
+        if time.monotonic() > deadline:
+            raise BenchError(f"API port {api['port']} not accepting; API: {api}\n{flm.child.tail()}")
+        time.sleep(0.02)
+    return api
+
+
+def probe(port: int, key: str | None, stream: bool) -> dict[str, Any]:
+    """One request, to check the target answers 200 and to keep its headers."""
+    import http.client
+
+    conn = http.client.HTTPConnection(harness.HOST, port, timeout=10)
+    try:
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        conn.request("POST", "/v1/chat/completions", json.dumps(loadgen.chat_body(stream)), headers)
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise BenchError(f"probe on port {port} (stream={stream}): {resp.status} {body[:300]!r}")
+        return {"status": resp.status, "headers": dict(resp.getheaders()), "bytes": len(body),
+                "usage_chunk_seen": b'"usage"' in body if stream else None}
+    finally:
+        conn.close()
+
+
+def measure(args: argparse.Namespace, targets: tuple[str, ...], ports: dict[str, int],
+            pids: dict[str, int], lua: dict[tuple[str, bool], Path]) -> dict[str, Any]:
+    procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+    results: dict[str, Any] = {}
+    for stream in (False, True):
+        mode = "stream" if stream else "nonstream"
+        results[mode] = {}
+        for name in targets:  # warm-up: connections, pools, caches
+            loadgen.run_wrk(ports[name], lua[(name, stream)], 50, args.warmup)
+        for conc in args.concurrency:
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+            for rep in range(args.reps):
+                k = rep % len(targets)
+                order = targets[k:] + targets[:k]
+                for name in order:
+                    before = {n: cpu_seconds(p) for n, p in procs.items()}
+                    res = loadgen.run_wrk(ports[name], lua[(name, stream)], conc, args.duration)
+                    after = {n: cpu_seconds(p) for n, p in procs.items()}
+                    for n in procs:
+                        res[f"cpu_{n}_s"] = after[n] - before[n]
+                    res["rss_flm_mb"] = procs["flm"].memory_info().rss / 2**20 if "flm" in procs else float("nan")
+                    runs[name].append(res)
+                    print(f"  {mode:9} c={conc:<3} {name:6} rep {rep + 1}: {res['rps']:8.0f} req/s  "
+                          f"p50 {res['p50_us'] / 1e3:6.2f} ms  p99 {res['p99_us'] / 1e3:6.2f} ms  "
+                          f"errors {res['errors']} non-2xx {res['non2xx']}", flush=True)
+            results[mode][str(conc)] = summarise(runs)
+    return results
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, rs in runs.items():
+        own = "flm" if name == "flm" else ("bare" if name == "bare" else "backend")
+        out[name] = {
+            "rps": median([r["rps"] for r in rs]),
+            "p50_ms": median([r["p50_us"] / 1e3 for r in rs]),
+            "p99_ms": median([r["p99_us"] / 1e3 for r in rs]),
+            "requests": sum(r["requests"] for r in rs),
+            "errors": sum(r["errors"] for r in rs),
+            "non2xx": sum(r["non2xx"] for r in rs),
+            # CPU of the process that serves this target, per 1,000 requests
+            "cpu_s_per_1k": median([r[f"cpu_{own}_s"] / r["requests"] * 1000 for r in rs if r["requests"]]),
+            "rss_flm_mb": max(r["rss_flm_mb"] for r in rs),
+            "runs": rs,
+        }
+    d, b = out["direct"], out["bare"]
+    f = out.get("flm") or {"rps": float("nan"), "p50_ms": float("nan")}
+    out["ratios"] = {
+        "flm_over_bare_rps": f["rps"] / b["rps"] if b["rps"] else None,
+        "flm_over_direct_rps": f["rps"] / d["rps"] if d["rps"] else None,
+        "bare_over_direct_rps": b["rps"] / d["rps"] if d["rps"] else None,
+        "flm_added_p50_ms": f["p50_ms"] - d["p50_ms"],
+        "bare_added_p50_ms": b["p50_ms"] - d["p50_ms"],
+        "flm_minus_bare_p50_ms": f["p50_ms"] - b["p50_ms"],
+    }
+    return out
+
+
+def measure_ttfb(args: argparse.Namespace, targets: tuple[str, ...], ports: dict[str, int],
+                 keys: dict[str, str | None]) -> dict[str, Any]:
+    body = dict(loadgen.chat_body(True), bench_chunk_delay_ms=args.chunk_delay_ms)
+    samples = loadgen.interleaved({n: (ports[n], keys[n]) for n in targets},
+                                  json.dumps(body).encode(), args.ttfb_n)
+    out: dict[str, Any] = {"n": args.ttfb_n, "chunk_delay_ms": args.chunk_delay_ms}
+    for name, ss in samples.items():
+        out[name] = {k: median([s[k] for s in ss]) for k in ("head_ms", "ttfb_ms", "total_ms")}
+        out[name]["all_done"] = all(s["done"] for s in ss)
+    for name in targets[1:]:
+        out[f"{name}_added_ttfb_ms"] = out[name]["ttfb_ms"] - out["direct"]["ttfb_ms"]
+    return out
+
+
+def fmt_table(results: dict[str, Any], ttfb: dict[str, Any], targets: tuple[str, ...]) -> str:
+    lines = []
+    head = (f"{'mode':9} {'c':>3} {'target':7} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+            f"{'err':>4} {'non2xx':>6} {'CPU s/1k':>8} {'FLM RSS MB':>10}")
+    lines += [head, "-" * len(head)]
+    for mode, by_c in results.items():
+        for conc, row in by_c.items():
+            for name in targets:
+                r = row[name]
+                lines.append(f"{mode:9} {conc:>3} {name:7} {r['rps']:8.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
+                             f"{r['errors']:4d} {r['non2xx']:6d} {r['cpu_s_per_1k']:8.3f} "
+                             f"{r['rss_flm_mb'] if name == 'flm' else float('nan'):10.1f}")
+            q = row["ratios"]
+            if "flm" in row:
+                lines.append(f"{'':9} {'':>3} ratios  FLM/bare {q['flm_over_bare_rps']:.2f}  "
+                             f"FLM/direct {q['flm_over_direct_rps']:.2f}  bare/direct {q['bare_over_direct_rps']:.2f}  "
+                             f"p50 added vs direct: FLM {q['flm_added_p50_ms']:+.2f} ms, "
+                             f"bare {q['bare_added_p50_ms']:+.2f} ms")
+            else:
+                lines.append(f"{'':9} {'':>3} ratios  bare/direct {q['bare_over_direct_rps']:.2f}  "
+                             f"p50 added by bare {q['bare_added_p50_ms']:+.2f} ms")
+        lines.append("")
+    if ttfb:
+        lines.append(f"Streaming at c=1, {ttfb['n']} requests each, events {ttfb['chunk_delay_ms']} ms apart "
+                     "(medians, keep-alive Python client):")
+        lines.append(f"  {'target':7} {'headers ms':>10} {'TTFB ms':>8} {'total ms':>9}")
+        for name in targets:
+            t = ttfb[name]
+            lines.append(f"  {name:7} {t['head_ms']:10.3f} {t['ttfb_ms']:8.3f} {t['total_ms']:9.3f}"
+                         + ("" if t["all_done"] else "   (some streams lacked [DONE])"))
+        lines.append("  TTFB added vs direct: " + ", ".join(f"{n} {ttfb[n + '_added_ttfb_ms']:+.3f} ms" for n in targets[1:]))
+    return "\n".join(lines)
+
+
+def verdict(results: dict[str, Any], ttfb: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    checks: list[tuple[str, str, bool | None]] = []
+    ns = results.get("nonstream", {})
+    if "1" in ns and "flm" in ns["1"]:
+        v = ns["1"]["ratios"]["flm_added_p50_ms"]
+        checks.append(("added p50 at c=1 (non-streaming) <= 1.5 ms", f"{v:+.2f} ms", v <= 1.5))
+    if "50" in ns and "flm" in ns["50"]:
+        v = ns["50"]["flm"]["rps"]
+        checks.append(("FLM req/s at c=50 non-streaming >= 1000", f"{v:.0f}", v >= 1000))
+    if "flm_added_ttfb_ms" in ttfb:
+        v = ttfb["flm_added_ttfb_ms"]
+        checks.append(("streaming TTFB added <= 2 ms", f"{v:+.3f} ms", v <= 2.0))
+    ratios = [(m, c, row["ratios"]["flm_over_bare_rps"]) for m, by_c in results.items() for c, row in by_c.items()
+              if "flm" in row]
+    if ratios:
+        worst = min(ratios, key=lambda x: x[2])
+        checks.append(("FLM/bare req/s >= 0.75 (worst cell)", f"{worst[2]:.2f} ({worst[0]} c={worst[1]})",
+                       worst[2] >= 0.75))
+    return checks
+
+
+def py_spy(pid: int, port: int, script: Path, seconds: float, out: Path) -> str:
+    """Sample FLM with py-spy during one c=50 non-streaming wrk run; write collapsed stacks."""
+    exe = Path(sys.executable).parent / "py-spy"
+    if not exe.exists():
+        return "py-spy not installed (pip install py-spy)"
+    spy = subprocess.Popen([str(exe), "record", "--pid", str(pid), "--duration", str(int(seconds) + 1),
+                            "--rate", "100", "--format", "raw", "--output", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.5)
+        loadgen.run_wrk(port, script, 50, seconds)
+        spy.wait(seconds + 30)
+    finally:
+        if spy.poll() is None:
+            spy.terminate()
+            spy.wait(10)
+    return f"collapsed stacks in {out}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="FLM proxy benchmark (direct vs bare proxy vs FLM)")
+    p.add_argument("--quick", action="store_true", help="2 s runs, 1 repetition, 100 TTFB requests")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (default 5)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions per cell; medians are printed (default 3)")
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50])
+    p.add_argument("--ttfb-n", type=int, default=300, help="streaming requests per target for TTFB")
+    p.add_argument("--chunk-delay-ms", type=float, default=2.0, help="gap between SSE events in the TTFB run")
+    p.add_argument("--backend-max-concurrent", type=int, default=64)
+    p.add_argument("--config", help="TOML config passed to FLM with --config")
+    p.add_argument("--flm-arg", action="append", default=[], help="extra argument for the flm plugin")
+    p.add_argument("--without-flm", action="store_true", help="only backend direct vs bare proxy")
+    p.add_argument("--out", help="write the JSON results here")
+    p.add_argument("--py-spy", metavar="FILE", help="also sample FLM with py-spy at c=50 into FILE")
+    p.add_argument("--keep-logs", action="store_true", help="keep the process logs (path printed)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.reps, args.ttfb_n, args.warmup = 2.0, 1, 100, 1.0
+    targets = TARGETS[:2] if args.without_flm else TARGETS
+    try:
+        loadgen.wrk_path()
+        reason = None if args.without_flm else harness.flm_available()
+    except BenchError as e:
+        reason = str(e)
+    if reason:
+        print(reason, file=sys.stderr)
+        return 2
+
+    logdir = harness.temp_dir("flm-bench-logs-")
+    children: list[Any] = []
+    flm = None
+    failed = False
+    try:
+        backend, backend_port = harness.start_backend(logdir)
+        children.append(backend)
+        bare, bare_port = harness.start_bare_proxy(logdir, backend_port)
+        children.append(bare)
+        ports = {"direct": backend_port, "bare": bare_port}
+        keys: dict[str, str | None] = {"direct": None, "bare": None}
+        pids = {"backend": backend.pid, "bare": bare.pid}
+        if not args.without_flm:
+            flm = start_flm(logdir, backend_port, args)
+            api = create_api(flm)
+            ports["flm"], keys["flm"], pids["flm"] = api["port"], api["key"], flm.pid
+        lua = {(n, s): loadgen.write_lua(logdir / f"{n}-{s}.lua", loadgen.chat_body(s), keys[n])
+               for n in targets for s in (False, True)}
+        probes = {f"{n}-{'stream' if s else 'nonstream'}": probe(ports[n], keys[n], s)
+                  for n in targets for s in (False, True)}
+        if flm is not None:
+            shown = {k: v for k, v in probes["flm-nonstream"]["headers"].items()
+                     if k.lower() in ("server-timing", "x-request-id")}
+            print(f"FLM pid {flm.pid}, API port {ports['flm']}; FLM response headers: {shown}")
+        print(f"{args.reps} x {args.duration:g} s per cell, wrk -t1; medians", flush=True)
+        results = measure(args, targets, ports, pids, lua)
+        print("measuring streaming TTFB ...", flush=True)
+        ttfb = measure_ttfb(args, targets, ports, keys)
+        log_ok, spy_note = None, None
+        if flm is not None:
+            status, logs = flm.admin("GET", f"/api/apis/{api['id']}/logs?limit=1")
+            log_ok = status == 200 and isinstance(logs, dict) and bool(logs.get("items"))
+            if args.py_spy:
+                spy_note = py_spy(flm.pid, ports["flm"], lua[("flm", False)], 10, Path(args.py_spy))
+
+        print()
+        print(fmt_table(results, ttfb, targets))
+        if flm is not None:
+            print(f"\nFLM logging: log rows present after the runs: {log_ok} (GET /api/apis/{{id}}/logs -> {status})")
+        checks = verdict(results, ttfb)
+        if checks:
+            print("\nTargets (issue 3):")
+        for what, value, ok in checks:
+            print(f"  [{'PASS' if ok else 'MISS'}] {what}: {value}")
+        if spy_note:
+            print(f"\npy-spy: {spy_note}")
+        if args.out:
+            Path(args.out).write_text(json.dumps({
+                "machine": {"cpus": psutil.cpu_count(), "python": platform.python_version(),
+                            "platform": platform.platform()},
+                "settings": vars(args), "flm_argv": flm.argv if flm else None,
+                "probes": probes, "results": results, "ttfb": ttfb, "log_rows_present": log_ok,
+                "checks": [{"what": w, "value": v, "pass": ok} for w, v, ok in checks],
+            }, indent=2, default=str))
+            print(f"\nJSON written to {args.out}")
+        return 0
+    except BenchError as e:
+        failed = True
+        print(f"\nBENCHMARK FAILED: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if flm is not None:
+            flm.stop()
+            harness.remove(flm.data_dir)
+        for child in reversed(children):
+            child.stop()
+        if args.keep_logs or failed:
+            print(f"logs kept in {logdir}", file=sys.stderr)
+        else:
+            harness.remove(logdir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

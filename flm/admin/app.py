@@ -1,0 +1,159 @@
+"""The admin HTTP API: routes, auth, and the one error shape. Operations live beside it."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Awaitable, Callable
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+from werkzeug.exceptions import HTTPException
+
+from flm import keys
+from flm.admin.apis import Apis
+from flm.admin.errors import AdminError, error, json_body
+from flm.admin.validation import page_limit, parse_json
+from flm.proxy.request import BoundedRequest
+
+log = Logger()
+
+
+class AdminRequest(BoundedRequest):
+    def too_large(self) -> tuple[int, bytes]:
+        status = 413
+        body = (b'{"error":{"code":"request_too_large","message":"The body is over %d bytes."}}'
+                % self.channel.site.max_body)
+        return status, body
+
+
+class AdminSite(Site):
+    requestFactory = AdminRequest
+    noisy = False
+
+    def __init__(self, resource: Any, *, clock: Any, max_body: int) -> None:
+        super().__init__(resource, reactor=clock)
+        self.clock = clock
+        self.max_body = max_body
+
+    def log(self, request: Any) -> None:
+        """No access log for the admin API (it would carry nothing the logs API lacks)."""
+
+
+def shield(coro: Awaitable[Any]) -> Deferred[Any]:
+    """Run a mutation to its end even if the client hangs up (Klein cancels routes then)."""
+    inner = Deferred.fromCoroutine(coro)  # type: ignore[arg-type]
+    outer: Deferred[Any] = Deferred()
+    inner.chainDeferred(outer)
+    return outer
+
+
+class AdminApp:
+    app = Klein()
+
+    def __init__(self, *, token: str, apis: Apis, health: Callable[[], Awaitable[tuple[int, dict]]],
+                 models: Any = None) -> None:
+        self._token = token.encode()
+        self.apis = apis
+        self._health = health
+        self._models = models
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    # plumbing
+
+    def _auth(self, request: Any) -> None:
+        token = keys.bearer_token(request.getHeader(b"authorization"))
+        if token is None or not hmac.compare_digest(token, self._token):
+            request.setHeader(b"www-authenticate", b"Bearer")
+            raise AdminError(401, "unauthorized",
+                             "Send 'Authorization: Bearer <admin token>'.")
+
+    async def _json(self, request: Any, status: int, work: Awaitable[Any]) -> bytes:
+        return json_body(request, status, await work)
+
+    @app.handle_errors(AdminError)
+    def _admin_error(self, request: Any, failure: Failure) -> bytes:
+        e = failure.value
+        return error(request, e.status, e.code, e.message)
+
+    @app.handle_errors(HTTPException)
+    def _http_error(self, request: Any, failure: Failure) -> bytes:
+        e = failure.value
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.code, "bad_request")
+        return error(request, e.code, code, e.description or e.name)
+
+    @app.handle_errors(Exception)
+    def _crash(self, request: Any, failure: Failure) -> bytes:
+        log.failure("admin request failed", failure)
+        return error(request, 500, "internal_error", "Internal error; see the service log.")
+
+    # routes
+
+    @app.route("/health")
+    async def health(self, request: Any) -> bytes:
+        status, body = await self._health()
+        return json_body(request, status, body)
+
+    @app.route("/api/apis", methods=["POST"])
+    def create_api(self, request: Any) -> Any:
+        self._auth(request)
+        payload = parse_json(request.content.read())
+        return shield(self._json(request, 201, self.apis.create(payload)))
+
+    @app.route("/api/apis", methods=["GET"])
+    async def list_apis(self, request: Any) -> bytes:
+        self._auth(request)
+        cursor = request.args.get(b"cursor", [b""])[0].decode("ascii", "replace") or None
+        status = request.args.get(b"status", [b""])[0].decode("ascii", "replace") or None
+        return json_body(request, 200, await self.apis.list(page_limit(request.args), cursor,
+                                                            status))
+
+    @app.route("/api/apis/<ref>", methods=["GET"])
+    async def show_api(self, request: Any, ref: str) -> bytes:
+        self._auth(request)
+        return json_body(request, 200, (await self.apis.find(ref)).public())
+
+    @app.route("/api/apis/<ref>", methods=["PATCH"])
+    def update_api(self, request: Any, ref: str) -> Any:
+        self._auth(request)
+        payload = parse_json(request.content.read())
+        return shield(self._json(request, 200, self.apis.update(ref, payload)))
+
+    @app.route("/api/apis/<ref>", methods=["DELETE"])
+    def delete_api(self, request: Any, ref: str) -> Any:
+        self._auth(request)
+
+        async def delete() -> bytes:
+            await self.apis.delete(ref)
+            request.setResponseCode(204)
+            return b""
+        return shield(delete())
+
+    @app.route("/api/apis/<ref>/start", methods=["POST"])
+    def start_api(self, request: Any, ref: str) -> Any:
+        self._auth(request)
+        return shield(self._json(request, 200, self.apis.start(ref)))
+
+    @app.route("/api/apis/<ref>/stop", methods=["POST"])
+    def stop_api(self, request: Any, ref: str) -> Any:
+        self._auth(request)
+
+        async def stop() -> dict[str, Any]:
+            return (await self.apis.stop(ref)).public()
+        return shield(self._json(request, 200, stop()))
+
+    @app.route("/api/apis/<ref>/rotate-key", methods=["POST"])
+    def rotate_key(self, request: Any, ref: str) -> Any:
+        self._auth(request)
+        return shield(self._json(request, 200, self.apis.rotate_key(ref)))
+
+    @app.route("/api/models", branch=True)
+    def models(self, request: Any) -> Any:
+        self._auth(request)
+        if self._models is None:
+            raise AdminError(404, "not_found", "Model management is not available.")
+        return self._models

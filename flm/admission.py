@@ -1,0 +1,157 @@
+"""Who gets to the backend, and when: per-API FIFO gates, a shared priority gate, rate limits.
+
+Order on the request path: rate limit (refuse at once) -> the API's gate (bounded FIFO) ->
+the backend's gate (priority with aging). ``queue_timeout_s`` bounds the two waits together.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import count
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
+from twisted.internet.interfaces import IReactorTime
+
+
+class Refused(Exception):
+    """Refused at once: ``code`` is ``queue_full`` or ``rate_limited``."""
+
+    def __init__(self, code: str, retry_after: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
+        self.message = message
+
+
+class _Semaphore(DeferredSemaphore):
+    """A DeferredSemaphore whose limit can change while it is in use.
+
+    ``release`` wakes waiters only while tokens are positive, so lowering the limit below
+    the number in use admits nobody until enough have left.
+    """
+
+    def set_limit(self, limit: int) -> None:
+        self.tokens += limit - self.limit
+        self.limit = limit
+        self._wake()
+
+    def release(self) -> None:
+        self.tokens += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self.tokens > 0 and self.waiting:
+            self.tokens -= 1
+            self.waiting.pop(0).callback(self)
+
+
+class ApiGate:
+    """At most ``limit`` requests of one API admitted; up to ``max_queue`` more wait, FIFO."""
+
+    def __init__(self, limit: int, max_queue: int) -> None:
+        self._sem = _Semaphore(limit)
+        self.max_queue = max_queue
+
+    def set_limits(self, limit: int, max_queue: int) -> None:
+        self.max_queue = max_queue
+        self._sem.set_limit(limit)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._sem.waiting)
+
+    @property
+    def in_use(self) -> int:
+        return self._sem.limit - self._sem.tokens
+
+    def acquire(self) -> Deferred[Any]:
+        """A Deferred that fires when admitted (cancel it to leave the queue)."""
+        if self._sem.tokens <= 0 and len(self._sem.waiting) >= self.max_queue:
+            raise Refused("queue_full", 1, "Too many requests are waiting for this API; "
+                          "retry later.")
+        return self._sem.acquire()
+
+    def release(self) -> None:
+        self._sem.release()
+
+
+class BackendGate:
+    """The backend's own concurrency, shared by all APIs.
+
+    A waiting request's effective priority is its API's ``priority`` plus one for every
+    ``aging_s`` seconds it has waited; the highest goes first, FIFO among equals, so a
+    low-priority request is never starved for long.
+    """
+
+    def __init__(self, limit: int, clock: IReactorTime, aging_s: float = 10.0) -> None:
+        self.limit = limit
+        self.tokens = limit
+        self._clock = clock
+        self._aging_s = aging_s
+        self._seq = count()
+        self._waiting: list[tuple[int, float, int, Deferred[Any]]] = []
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def in_use(self) -> int:
+        return self.limit - self.tokens
+
+    def set_limit(self, limit: int) -> None:
+        self.tokens += limit - self.limit
+        self.limit = limit
+        self._wake()
+
+    def acquire(self, priority: int = 0) -> Deferred[Any]:
+        if self.tokens > 0 and not self._waiting:
+            self.tokens -= 1
+            return succeed(None)
+        entry: tuple[int, float, int, Deferred[Any]]
+
+        def cancel(d: Deferred[Any]) -> None:
+            self._waiting.remove(entry)
+
+        d: Deferred[Any] = Deferred(cancel)
+        entry = (priority, self._clock.seconds(), next(self._seq), d)
+        self._waiting.append(entry)
+        return d
+
+    def release(self) -> None:
+        self.tokens += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self.tokens > 0 and self._waiting:
+            now = self._clock.seconds()
+            best = max(self._waiting,
+                       key=lambda e: (e[0] + (now - e[1]) / self._aging_s, -e[2]))
+            self._waiting.remove(best)
+            self.tokens -= 1
+            best[3].callback(None)
+
+
+class TokenBucket:
+    """``rate_limit_rpm`` as a bucket of ``rpm`` tokens refilled at ``rpm / 60`` per second."""
+
+    def __init__(self, rpm: int, clock: IReactorTime) -> None:
+        self.rpm = rpm
+        self._clock = clock
+        self._tokens = float(rpm)
+        self._at = clock.seconds()
+
+    def take(self) -> None:
+        """Take a token or raise ``Refused('rate_limited')`` with an honest Retry-After."""
+        now = self._clock.seconds()
+        rate = self.rpm / 60.0
+        self._tokens = min(float(self.rpm), self._tokens + (now - self._at) * rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return
+        wait = math.ceil((1.0 - self._tokens) / rate)
+        raise Refused("rate_limited", max(1, wait),
+                      f"Rate limit of {self.rpm} requests per minute reached; "
+                      f"retry in {max(1, wait)} s.")

@@ -1,0 +1,116 @@
+"""Request-log rows: buffered in memory, written in batches, never on the request path.
+
+The proxy calls ``record`` (a list append). A ``LoopingCall`` flushes every interval and a
+full batch flushes at once. When the database cannot keep up the buffer stops growing at
+``max_rows`` and counts what it drops, rather than slow the proxy. A failed flush puts its
+rows back in front (the transaction rolled back, so nothing is written twice).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+
+log = Logger()
+
+Row = Sequence[Any]  # ordered as flm.store.db.LOG_COLUMNS
+
+
+class LogBuffer(Service):
+    name = "logbuffer"
+
+    def __init__(self, store: Any, clock: IReactorTime, *, interval: float = 1.0,
+                 batch_rows: int = 500, max_rows: int = 50_000) -> None:
+        self._store = store
+        self._clock = clock
+        self.interval = interval
+        self.batch_rows = batch_rows
+        self.max_rows = max_rows
+        self.rows: list[Row] = []
+        self.dropped = 0
+        self.written = 0
+        self.last_error: str | None = None
+        self.observers: list[Callable[[Row], None]] = []
+        self._flushing: Deferred[None] | None = None
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = clock
+
+    def record(self, row: Row) -> None:
+        for observe in self.observers:
+            observe(row)
+        if len(self.rows) >= self.max_rows:
+            self.dropped += 1
+            return
+        self.rows.append(row)
+        if len(self.rows) >= self.batch_rows and self._flushing is None:
+            self.flush()
+
+    @property
+    def healthy(self) -> bool:
+        return self.last_error is None
+
+    def flush(self) -> Deferred[None]:
+        """Write what is buffered; a flush under way is waited for, then another follows."""
+        if self._flushing is not None:
+            d: Deferred[None] = Deferred()
+            self._flushing.addBoth(lambda _: self.flush().chainDeferred(d))
+            return d
+        if not self.rows:
+            return succeed(None)
+        self._flushing = Deferred.fromCoroutine(self._flush())
+        return self._flushing
+
+    async def _flush(self) -> None:
+        try:
+            while self.rows:
+                batch, self.rows = self.rows[:self.batch_rows], self.rows[self.batch_rows:]
+                last_used: dict[int, float] = {}
+                for row in batch:
+                    if row[1] > last_used.get(row[0], 0.0):
+                        last_used[row[0]] = row[1]
+                try:
+                    await self._store.insert_logs(batch, last_used)
+                except CancelledError:
+                    self.rows[:0] = batch
+                    raise
+                except Exception as e:
+                    self.rows[:0] = batch
+                    if self.last_error is None:
+                        log.error("writing request logs failed, will retry: {e}", e=e)
+                    self.last_error = str(e) or type(e).__name__
+                    return
+                self.written += len(batch)
+                if self.last_error is not None:
+                    log.info("writing request logs works again")
+                    self.last_error = None
+        finally:
+            self._flushing = None
+
+    def _tick(self) -> Deferred[None]:
+        # The loop body never fails: one exception would stop the LoopingCall for good.
+        return self.flush().addErrback(lambda f: log.failure("log flush failed", f))
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop the timer, wait for the flush under way, then write everything left."""
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        return Deferred.fromCoroutine(self._final_flush())
+
+    async def _final_flush(self) -> None:
+        for _ in range(5):
+            await self.flush()
+            if not self.rows:
+                return
+            await deferLater(self._clock, 0.2, lambda: None)
+        log.error("{n} request log rows could not be written at shutdown", n=len(self.rows))
+

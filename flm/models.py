@@ -1,0 +1,353 @@
+"""The backend's model list (cached) and model downloads (pull jobs)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from flm.backends.base import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    NotSupported,
+    validate_model_name,
+)
+
+log = Logger()
+
+
+def model_key(name: str) -> str:
+    """Ollama's notion of "the same model": case-insensitive, ``:latest`` implied,
+    ``registry.ollama.ai/`` and ``library/`` implied."""
+    key = name.strip().lower()
+    key = key.removeprefix("registry.ollama.ai/").removeprefix("library/")
+    if ":" not in key.rsplit("/", 1)[-1]:
+        key += ":latest"
+    return key
+
+
+def same_model(a: str, b: str) -> bool:
+    return a == b or model_key(a) == model_key(b)
+
+
+@attrs.frozen
+class ModelList:
+    models: list[dict[str, Any]]
+    fetched_at: float  # epoch seconds (the clock's)
+    stale: bool = False
+
+
+class ModelCache:
+    """The backend's model list, fetched at most once per ``ttl_s``.
+
+    One fetch at a time however many callers wait; a caller that gives up does not
+    cancel the fetch for the others. When the backend fails, the last list is served
+    with ``stale=True`` (and retried after ``retry_s``); with no list ever fetched the
+    error is raised.
+    """
+
+    def __init__(self, backend: Backend, clock: IReactorTime, ttl_s: float = 60.0,
+                 retry_s: float = 2.0) -> None:
+        self._backend = backend
+        self._clock = clock
+        self.ttl_s = ttl_s
+        self.retry_s = retry_s
+        self._last: ModelList | None = None  # the last list fetched
+        self._serving: ModelList | None = None  # what get() answers until _fresh_until
+        self._fresh_until = float("-inf")
+        self._generation = 0
+        self._waiters: list[Deferred[ModelList]] = []
+        self.fetches = 0
+
+    def expire(self) -> None:
+        """The next :meth:`get` fetches again; the last list stays as the fallback."""
+        self._generation += 1
+        self._fresh_until = float("-inf")
+
+    async def get(self) -> ModelList:
+        if self._serving is not None and self._clock.seconds() < self._fresh_until:
+            return self._serving
+        waiter: Deferred[ModelList] = Deferred()
+        self._waiters.append(waiter)
+        if len(self._waiters) == 1:
+            Deferred.fromCoroutine(self._fetch())
+        return await waiter
+
+    async def known(self, name: str) -> bool | None:
+        """True if the backend lists ``name``, False if not, None when it cannot tell."""
+        try:
+            listing = await self.get()
+            if (not _lists(listing, name) and not listing.stale
+                    and self._clock.seconds() - listing.fetched_at >= 1.0):
+                self.expire()  # an older list: the model may have been pulled since
+                listing = await self.get()
+        except (BackendUnavailable, BackendError):
+            return None
+        if _lists(listing, name):
+            return True
+        return None if listing.stale else False
+
+    async def _fetch(self) -> None:
+        generation = self._generation
+        self.fetches += 1
+        try:
+            models = await self._backend.list_models()
+        except CancelledError:
+            raise
+        except Exception as e:
+            if not isinstance(e, (BackendUnavailable, BackendError)):
+                log.failure("listing the backend's models failed")
+                e = BackendError("listing the backend's models failed")
+            if self._last is None:
+                return self._settle(e)
+            self._serving = attrs.evolve(self._last, stale=True)
+            if generation == self._generation:
+                self._fresh_until = self._clock.seconds() + self.retry_s
+            return self._settle(self._serving)
+        self._last = self._serving = ModelList(models, self._clock.seconds())
+        if generation == self._generation:  # not expired while we were fetching
+            self._fresh_until = self._clock.seconds() + self.ttl_s
+        self._settle(self._last)
+
+    def _settle(self, result: ModelList | Exception) -> None:
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if w.called:  # that caller gave up
+                continue
+            if isinstance(result, Exception):
+                w.errback(result)
+            else:
+                w.callback(result)
+
+
+def _lists(listing: ModelList, name: str) -> bool:
+    return any(same_model(m["name"], name) for m in listing.models)
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 UTC (``2025-01-31T12:00:00Z``)."""
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@attrs.define(eq=False)
+class PullJob:
+    """One download; progress summed over every layer the backend reports."""
+
+    id: str
+    name: str
+    started_at: float
+    status: str = "running"
+    status_line: str = "starting"
+    error: str | None = None
+    finished_at: float | None = None
+    layers: dict[str, tuple[int, int]] = attrs.field(factory=dict)
+    speed_bps: float | None = None
+    eta_s: float | None = None
+    _samples: deque[tuple[float, int]] = attrs.field(factory=deque)
+
+    @property
+    def completed(self) -> int:
+        return sum(c for c, _ in self.layers.values())
+
+    @property
+    def total(self) -> int:
+        return sum(t for _, t in self.layers.values())
+
+    @property
+    def percent(self) -> float:
+        if self.status == "done":
+            return 100.0
+        total = self.total
+        return round(100.0 * self.completed / total, 1) if total else 0.0
+
+    def apply(self, line: dict[str, Any], now: float) -> None:
+        """Fold one backend progress line into the state."""
+        if isinstance(line.get("status"), str):
+            self.status_line = line["status"]
+        digest, total = line.get("digest"), line.get("total")
+        if isinstance(digest, str) and _count(total):
+            done = line.get("completed") if _count(line.get("completed")) else 0
+            self.layers[digest] = (min(done, total), total)
+        self._rate(now)
+
+    def _rate(self, now: float, window: float = 10.0) -> None:
+        done = self.completed
+        self._samples.append((now, done))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= window:
+            self._samples.popleft()
+        t0, d0 = self._samples[0]
+        if now - t0 >= 1.0 and done >= d0:
+            self.speed_bps = (done - d0) / (now - t0)
+            left = self.total - done
+            self.eta_s = round(left / self.speed_bps, 1) if self.speed_bps > 0 else None
+
+    def state(self) -> dict[str, Any]:
+        running = self.status == "running"
+        return {
+            "job": self.id, "name": self.name, "status": self.status,
+            "completed": self.completed, "total": self.total, "percent": self.percent,
+            "status_line": self.status_line,
+            "speed_bps": round(self.speed_bps) if running and self.speed_bps is not None else None,
+            "eta_s": self.eta_s if running else None,
+            "error": self.error,
+            "started_at": iso(self.started_at), "finished_at": iso(self.finished_at),
+        }
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+class PullJobs(service.Service):
+    """Background downloads, one per model name at a time, kept in memory.
+
+    ``on_change(job)`` is called each time a job finishes (done or error): the place
+    to expire the model cache. Watchers (:meth:`subscribe`) share the job's one
+    backend stream; their updates are throttled to one per ``notify_interval_s``.
+    """
+
+    keep_finished_s = 3600.0
+    max_finished = 200
+    notify_interval_s = 0.25
+
+    def __init__(self, backend: Backend, clock: IReactorTime,
+                 on_change: Callable[[PullJob], object] | None = None) -> None:
+        self._backend = backend
+        self.clock = clock
+        self._on_change = on_change
+        self._jobs: dict[str, PullJob] = {}
+        self._running: dict[str, PullJob] = {}  # by model_key(name)
+        self._tasks: dict[str, Deferred[None]] = {}
+        self._watchers: dict[str, list[Callable[[dict[str, Any]], object]]] = {}
+        self._timers: dict[str, IDelayedCall] = {}
+        self._notified: dict[str, float] = {}
+        self._stopping = False
+
+    def start(self, name: str) -> PullJob:
+        """Start pulling ``name``, or return the job already pulling it.
+
+        Raises ``NotSupported`` (backend cannot pull), ``ValueError`` (bad name),
+        ``BackendUnavailable`` (the service is stopping).
+        """
+        if not self._backend.can_manage_models:
+            raise NotSupported(f"a {self._backend.kind} backend cannot download models; "
+                               "manage its models on the model server itself")
+        validate_model_name(name)
+        if self._stopping:
+            raise BackendUnavailable("FLM is stopping; no new downloads")
+        if (job := self._running.get(model_key(name))) is not None:
+            return job
+        self._prune()
+        job = PullJob(secrets.token_urlsafe(12), name, self.clock.seconds())
+        self._jobs[job.id] = job
+        self._running[model_key(name)] = job
+        d = Deferred.fromCoroutine(self._run(job))
+        d.addErrback(lambda f: f.trap(CancelledError))
+        if not d.called:
+            self._tasks[job.id] = d
+            d.addBoth(lambda _: self._tasks.pop(job.id) and None)
+        return job
+
+    def get(self, job_id: str) -> PullJob | None:
+        self._prune()
+        return self._jobs.get(job_id)
+
+    def subscribe(self, job_id: str, callback: Callable[[dict[str, Any]], object]
+                  ) -> Callable[[], None]:
+        """Call ``callback`` at once with the job's state, then with each change, the
+        last call carrying the final state. Returns a function that unsubscribes."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        callback(job.state())
+        if job.status != "running":
+            return lambda: None
+        watchers = self._watchers.setdefault(job_id, [])
+        watchers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in watchers:
+                watchers.remove(callback)
+        return unsubscribe
+
+    def stopService(self) -> Deferred[None]:
+        """Cancel every running pull; fires once they have all stopped."""
+        super().stopService()
+        self._stopping = True
+        tasks = list(self._tasks.values())
+        for d in tasks:
+            d.cancel()
+        return DeferredList(tasks, consumeErrors=True).addCallback(lambda _: None)
+
+    async def _run(self, job: PullJob) -> None:
+        try:
+            await self._backend.pull(job.name, lambda line: self._progress(job, line))
+        except CancelledError:
+            self._finish(job, "the download was cancelled because FLM is stopping")
+            raise
+        except (BackendError, BackendUnavailable, NotSupported, ValueError) as e:
+            self._finish(job, str(e))
+        except Exception:
+            log.failure("pulling {name} failed", name=job.name)
+            self._finish(job, "the download failed unexpectedly; see the FLM log")
+        else:
+            self._finish(job, None)
+
+    def _progress(self, job: PullJob, line: dict[str, Any]) -> None:
+        job.apply(line, self.clock.seconds())
+        if job.id in self._timers:
+            return
+        wait = self._notified.get(job.id, float("-inf")) + self.notify_interval_s
+        wait -= self.clock.seconds()
+        if wait <= 0:
+            self._notify(job)
+        else:
+            self._timers[job.id] = self.clock.callLater(wait, self._notify, job)
+
+    def _notify(self, job: PullJob) -> None:
+        timer = self._timers.pop(job.id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._notified[job.id] = self.clock.seconds()
+        state = job.state()
+        for callback in list(self._watchers.get(job.id, ())):
+            try:
+                callback(state)
+            except Exception:
+                log.failure("a pull watcher failed")
+
+    def _finish(self, job: PullJob, error: str | None) -> None:
+        job.status, job.error = ("error", error) if error else ("done", None)
+        if error is None:
+            job.status_line = "success"
+        job.finished_at = self.clock.seconds()
+        if self._running.get(model_key(job.name)) is job:
+            del self._running[model_key(job.name)]
+        self._notify(job)
+        self._watchers.pop(job.id, None)
+        self._notified.pop(job.id, None)
+        if self._on_change is not None:
+            try:
+                self._on_change(job)
+            except Exception:
+                log.failure("on_change after pulling {name} failed", name=job.name)
+
+    def _prune(self) -> None:
+        now = self.clock.seconds()
+        finished = sorted((j.finished_at, j.id) for j in self._jobs.values()
+                          if j.finished_at is not None)
+        drop = len(finished) - self.max_finished
+        for i, (at, job_id) in enumerate(finished):
+            if i < drop or now - at > self.keep_finished_s:
+                del self._jobs[job_id]

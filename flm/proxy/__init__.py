@@ -1,0 +1,1 @@
+"""The request path of a running API: early refusal, admission, upstream relay."""

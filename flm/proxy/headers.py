@@ -1,0 +1,49 @@
+"""Which headers cross the proxy, each way."""
+
+from __future__ import annotations
+
+from twisted.web.http_headers import Headers
+
+# RFC 9110 7.6.1 hop-by-hop headers, plus what the proxy sets itself.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
+    b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+})
+_NOT_FORWARDED = HOP_BY_HOP | {
+    b"authorization", b"host", b"content-length", b"content-type", b"expect",
+    b"accept-encoding", b"x-request-id", b"cookie",
+}
+_NOT_RETURNED = HOP_BY_HOP | {b"content-length", b"server", b"date", b"x-request-id",
+                              b"set-cookie"}
+
+
+def _connection_listed(headers: Headers) -> set[bytes]:
+    listed: set[bytes] = set()
+    for value in headers.getRawHeaders(b"connection", []):
+        listed.update(t.strip().lower() for t in value.split(b","))
+    return listed
+
+
+def upstream_headers(incoming: Headers, request_id: bytes) -> Headers:
+    """The client's headers minus hop-by-hop ones, its key and anything FLM sets."""
+    drop = _NOT_FORWARDED | _connection_listed(incoming)
+    out = Headers()
+    for name, values in incoming.getAllRawHeaders():
+        if name.lower() not in drop:
+            out.setRawHeaders(name, values)
+    out.setRawHeaders(b"content-type", [b"application/json"])
+    out.setRawHeaders(b"x-request-id", [request_id])
+    return out
+
+
+def copy_response_headers(upstream: Headers, request: object, keep_length: bool) -> None:
+    """Copy the backend's response headers onto the client response."""
+    drop = _NOT_RETURNED | _connection_listed(upstream)
+    set_raw = request.responseHeaders.setRawHeaders  # type: ignore[attr-defined]
+    for name, values in upstream.getAllRawHeaders():
+        if name.lower() not in drop:
+            set_raw(name, values)
+    if keep_length:
+        length = upstream.getRawHeaders(b"content-length")
+        if length:
+            set_raw(b"content-length", length[-1:])

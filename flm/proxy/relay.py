@@ -1,0 +1,134 @@
+"""The upstream body, relayed to the client chunk by chunk as it arrives.
+
+The upstream transport is registered as the client request's producer, so a slow client
+slows the backend instead of filling memory. Response bytes are not parsed on the way;
+token counts are read from the tail of the body once it is complete.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+
+TAIL_BYTES = 4096
+_PROMPT = re.compile(rb'"(?:prompt_tokens|prompt_eval_count)"\s*:\s*(\d+)')
+_COMPLETION = re.compile(rb'"(?:completion_tokens|eval_count)"\s*:\s*(\d+)')
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+
+
+def usage_from_tail(tail: bytes) -> tuple[int | None, int | None]:
+    """(prompt, completion) tokens from the last usage the backend wrote, if any."""
+    prompt = completion = None
+    for m in _PROMPT.finditer(tail):
+        prompt = int(m.group(1))
+    for m in _COMPLETION.finditer(tail):
+        completion = int(m.group(1))
+    return prompt, completion
+
+
+class UsageChunkFilter:
+    """Holds back the usage-only SSE event that FLM asked for but the client did not."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self.usage = b""
+
+    def feed(self, data: bytes) -> bytes:
+        data = self._pending + data
+        cut = data.rfind(b"\n\n")
+        if cut < 0:
+            self._pending = data
+            return b""
+        complete, self._pending = data[:cut + 2], data[cut + 2:]
+        if b'"usage"' not in complete:
+            return complete
+        kept = []
+        for event in complete.split(b"\n\n")[:-1]:
+            if b'"usage"' in event and _EMPTY_CHOICES.search(event):
+                self.usage = event
+            else:
+                kept.append(event + b"\n\n")
+        return b"".join(kept)
+
+    def flush(self) -> bytes:
+        data, self._pending = self._pending, b""
+        return data
+
+
+class Relay(Protocol):
+    """Copies the upstream body to the client request; ``done`` fires with why it ended.
+
+    ``done`` fires with None for a complete body, or a Failure: the upstream broke
+    (``ResponseFailed``), stalled (``error`` is ``backend_timeout``) or was stopped because
+    the client went away.
+    """
+
+    def __init__(self, request: Any, clock: IReactorTime, idle_timeout: float,
+                 filter: UsageChunkFilter | None = None) -> None:
+        self.request = request
+        self.done: Deferred[None] = Deferred(lambda d: self.stop())
+        self.first_byte_at: float | None = None
+        self.bytes_out = 0
+        self.tail = b""
+        self.error: str | None = None
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self._filter = filter
+        self._timer: IDelayedCall | None = None
+        self._registered = False
+
+    def connectionMade(self) -> None:
+        if self.request.channel is not None:
+            self.request.registerProducer(self.transport, True)
+            self._registered = True
+        self._timer = self._clock.callLater(self._idle_timeout, self._stalled)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.first_byte_at is None:
+            self.first_byte_at = self._clock.seconds()
+        self._timer.reset(self._idle_timeout)
+        self.tail = (self.tail + data)[-TAIL_BYTES:]
+        if self._filter is not None:
+            data = self._filter.feed(data)
+        if data and self.request.channel is not None:
+            self.bytes_out += len(data)
+            self.request.write(data)
+
+    def _stalled(self) -> None:
+        self._timer = None
+        self.error = "backend_timeout"
+        self.transport.stopProducing()
+
+    def stop(self) -> None:
+        """Stop the upstream body (the client went away or the request was cancelled)."""
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._filter is not None:
+            rest = self._filter.flush()
+            if self._filter.usage:
+                self.tail = (self.tail + self._filter.usage)[-TAIL_BYTES:]
+            if rest and self.request.channel is not None:
+                self.bytes_out += len(rest)
+                self.request.write(rest)
+        if self._registered and self.request.channel is not None:
+            self.request.unregisterProducer()
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss) and self.error is None:
+            self.done.callback(None)
+        else:
+            if self.error is None:
+                self.error = "backend_disconnected"
+            self.done.errback(reason)

@@ -1,0 +1,317 @@
+"""One running API's request path: route, parse, admit, forward, relay, record."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IAgent, IBodyProducer
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from flm import keys
+from flm.admission import BackendGate, Refused
+from flm.proxy.errors import INVALID_KEY, error_body
+from flm.proxy.headers import copy_response_headers, upstream_headers
+from flm.proxy.relay import Relay, UsageChunkFilter, usage_from_tail
+
+log = Logger()
+
+# path -> (streams unless told otherwise, takes stream_options.include_usage)
+ROUTES: dict[bytes, tuple[bool, bool]] = {
+    b"/v1/chat/completions": (False, True),
+    b"/v1/completions": (False, True),
+    b"/v1/embeddings": (False, False),
+    b"/api/chat": (True, False),
+    b"/api/generate": (True, False),
+    b"/api/embed": (False, False),
+}
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+@implementer(IBodyProducer)
+class _BytesBody:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@attrs.define
+class Upstream:
+    """What every API's resource shares: the backend, its gate, and where rows go."""
+
+    agent: IAgent
+    base_url: bytes
+    paths: frozenset[bytes]
+    gate: BackendGate
+    clock: IReactorTime
+    record: Callable[[tuple[Any, ...]], None]
+
+
+class _Done(Exception):
+    """The response is already sent; carries the log row's status and error."""
+
+    def __init__(self, status: int, error: str | None) -> None:
+        self.status = status
+        self.error = error
+
+
+class ProxyResource(Resource):
+    isLeaf = True
+
+    def __init__(self, runtime: Any, upstream: Upstream) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.up = upstream
+
+    def render(self, request: Any) -> Any:
+        d = Deferred.fromCoroutine(self._serve(request))
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        d.addErrback(self._crashed, request)
+        return NOT_DONE_YET
+
+    def _crashed(self, failure: Any, request: Any) -> None:
+        if failure.check(CancelledError):
+            return
+        log.failure("proxy request failed", failure)
+        if not request._disconnected and not request.finished:
+            if not request.startedWriting:
+                self._send_error(request, "backend_error", "Internal error in the gateway.")
+            else:
+                request.transport.abortConnection()
+
+    def _send_error(self, request: Any, code: str, message: str,
+                    retry_after: int | None = None) -> int:
+        status, body = error_body(code, message)
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        if retry_after is not None:
+            request.setHeader(b"retry-after", b"%d" % retry_after)
+        request.write(body)
+        request.finish()
+        return status
+
+    async def _serve(self, request: Any) -> None:
+        rt = self.runtime
+        config = request.config
+        if config is None:
+            config = await rt.load_config()
+            if config is None:
+                self._send_error(request, "api_unavailable", "This API is not running.")
+                return
+            token = keys.bearer_token(
+                request.requestHeaders.getRawHeaders(b"authorization", [b""])[0])
+            if not keys.matches(token, config.key_hash):
+                rt.refused_keys += 1
+                status, body = INVALID_KEY
+                request.setResponseCode(status)
+                request.setHeader(b"content-type", b"application/json")
+                request.write(body)
+                request.finish()
+                return
+        rt.in_flight += 1
+        timing = _Timing(request.arrived, request.content.tell())
+        try:
+            status, error = await self._forward(request, config, timing)
+        except _Done as done:
+            status, error = done.status, done.error
+        except CancelledError:
+            status, error = 499, "client_closed"
+        finally:
+            rt.in_flight -= 1
+        now = self.up.clock.seconds()
+        if request._disconnected and error is None:
+            error = "client_closed"
+        self.up.record((
+            config.id, request.arrived, request.method.decode("ascii", "replace"),
+            request.path.decode("utf-8", "replace")[:200], status,
+            timing.ms(timing.arrived, timing.admitted), timing.ms(timing.admitted, timing.first_byte),
+            timing.ms(timing.admitted, timing.last_byte), (now - timing.arrived) * 1000.0,
+            timing.bytes_in, timing.bytes_out, config.model, timing.prompt_tokens,
+            timing.completion_tokens, request.request_id.decode("ascii"), error))
+
+    def _fail(self, request: Any, code: str, message: str,
+              retry_after: int | None = None) -> _Done:
+        return _Done(self._send_error(request, code, message, retry_after), code)
+
+    async def _forward(self, request: Any, config: Any, timing: "_Timing") -> tuple[int, str | None]:
+        path = request.path
+        if path == b"/v1/models":
+            if request.method not in (b"GET", b"HEAD"):
+                raise self._fail(request, "method_not_allowed", "Use GET for /v1/models.")
+            body = json.dumps({"object": "list", "data": [
+                {"id": config.model, "object": "model", "created": 0, "owned_by": "flm"}]}
+            ).encode()
+            request.setHeader(b"content-type", b"application/json")
+            request.write(body)
+            request.finish()
+            timing.bytes_out = len(body)
+            return 200, None
+        route = ROUTES.get(path) if path in self.up.paths else None
+        if route is None:
+            raise self._fail(request, "not_found", f"No such path on this API: "
+                             f"{path.decode('utf-8', 'replace')[:100]}")
+        if request.method != b"POST":
+            raise self._fail(request, "method_not_allowed", "Use POST for this path.")
+        streams_by_default, takes_usage = route
+        try:
+            payload = json.loads(request.content.getvalue(), parse_constant=_reject_constant)
+            if not isinstance(payload, dict):
+                raise ValueError("the body must be a JSON object")
+            payload["model"] = config.model
+            stream = payload.get("stream", streams_by_default) is True
+            usage_filter = None
+            if stream and takes_usage:
+                options = payload.get("stream_options")
+                if not (isinstance(options, dict) and options.get("include_usage") is True):
+                    options = dict(options) if isinstance(options, dict) else {}
+                    options["include_usage"] = True
+                    payload["stream_options"] = options
+                    usage_filter = UsageChunkFilter()
+            out = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        except (ValueError, RecursionError) as e:
+            # JSONDecodeError, huge integers, bad UTF-8, lone surrogates, NaN: all 400.
+            raise self._fail(request, "invalid_json", f"Request body is not valid JSON: "
+                             f"{str(e)[:200]}") from None
+        rt = self.runtime
+        if rt.bucket is not None:
+            try:
+                rt.bucket.take()
+            except Refused as r:
+                raise self._fail(request, r.code, r.message, r.retry_after) from None
+        timing.queued = self.up.clock.seconds()
+        await self._admit(request, config)
+        try:
+            timing.admitted = self.up.clock.seconds()
+            return await self._exchange(request, config, out, usage_filter, timing)
+        finally:
+            self.up.gate.release()
+            rt.gate.release()
+
+    async def _admit(self, request: Any, config: Any) -> None:
+        """Wait for the API's slot, then the backend's, within ``queue_timeout_s`` in all."""
+        rt, clock = self.runtime, self.up.clock
+        deadline = request.arrived + config.queue_timeout_s
+        try:
+            d = rt.gate.acquire()
+        except Refused as r:
+            raise self._fail(request, r.code, r.message, r.retry_after) from None
+        try:
+            if not d.called:
+                await d.addTimeout(max(0.0, deadline - clock.seconds()), clock)
+        except TimeoutError:
+            raise self._fail(request, "queue_timeout", "Timed out waiting in the queue.") from None
+        try:
+            d = self.up.gate.acquire(config.priority)
+            if not d.called:
+                await d.addTimeout(max(0.0, deadline - clock.seconds()), clock)
+        except BaseException as e:
+            rt.gate.release()
+            if isinstance(e, TimeoutError):
+                raise self._fail(request, "queue_timeout",
+                                 "Timed out waiting for the backend.") from None
+            raise
+
+    async def _exchange(self, request: Any, config: Any, body: bytes,
+                        usage_filter: UsageChunkFilter | None, timing: "_Timing") -> tuple[int, str | None]:
+        clock = self.up.clock
+        timing.sent = clock.seconds()
+        d = self.up.agent.request(b"POST", self.up.base_url + request.path,
+                                  upstream_headers(request.requestHeaders, request.request_id),
+                                  _BytesBody(body))
+        try:
+            response = await d.addTimeout(config.upstream_timeout_s, clock)
+        except TimeoutError:
+            raise self._fail(request, "backend_timeout", "The backend did not answer in "
+                             f"{config.upstream_timeout_s:g} s.") from None
+        except CancelledError:
+            raise
+        except Exception as e:
+            log.info("backend unavailable: {e!r}", e=e)
+            raise self._fail(request, "backend_unavailable",
+                             "The model backend cannot be reached.") from None
+        headers_at = clock.seconds()
+        request.setResponseCode(response.code, response.phrase)
+        copy_response_headers(response.headers, request, keep_length=usage_filter is None)
+        # FLM's own time is everything so far that was neither queueing nor the backend.
+        queue = (timing.admitted - timing.queued) * 1000.0
+        upstream = (headers_at - timing.sent) * 1000.0
+        flm = (headers_at - timing.arrived) * 1000.0 - queue - upstream
+        request.setHeader(b"server-timing", b"queue;dur=%.2f, upstream;dur=%.2f, flm;dur=%.2f"
+                          % (queue, upstream, max(0.0, flm)))
+        relay = Relay(request, clock, config.upstream_timeout_s, usage_filter)
+        response.deliverBody(relay)
+        error = None
+        try:
+            await relay.done
+        except CancelledError:
+            raise
+        except Exception:
+            error = "client_closed" if request._disconnected else relay.error
+            if not request._disconnected:
+                self._cut(request, error)
+        timing.first_byte = relay.first_byte_at or clock.seconds()
+        timing.last_byte = clock.seconds()
+        timing.bytes_out = relay.bytes_out
+        timing.prompt_tokens, timing.completion_tokens = usage_from_tail(relay.tail)
+        if not request._disconnected and not request.finished:
+            request.finish()
+        return response.code, error
+
+    def _cut(self, request: Any, error: str | None) -> None:
+        """The backend broke mid-body: end the client's response so it can tell."""
+        content_type = request.responseHeaders.getRawHeaders(b"content-type", [b""])[0]
+        if content_type.startswith(b"text/event-stream"):
+            # An SSE client is told why, then the stream ends cleanly.
+            event = json.dumps({"error": {"message": "The backend stopped mid-stream.",
+                                          "type": "server_error", "code": error}})
+            request.write(b"event: error\ndata: " + event.encode() + b"\n\n")
+        else:
+            # Anything else is cut short, so the client cannot take it for complete.
+            request.transport.abortConnection()
+            request._disconnected = True
+
+
+class _Timing:
+    __slots__ = ("arrived", "queued", "admitted", "sent", "first_byte", "last_byte",
+                 "bytes_in", "bytes_out", "prompt_tokens", "completion_tokens")
+
+    def __init__(self, arrived: float, bytes_in: int) -> None:
+        self.arrived = arrived
+        self.bytes_in = bytes_in
+        self.queued: float | None = None
+        self.admitted: float | None = None
+        self.sent: float | None = None
+        self.first_byte: float | None = None
+        self.last_byte: float | None = None
+        self.bytes_out = 0
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+
+    @staticmethod
+    def ms(start: float | None, end: float | None) -> float | None:
+        if start is None or end is None:
+            return None
+        return (end - start) * 1000.0

@@ -1,0 +1,256 @@
+"""Running APIs: their configs (an LRU in front of the store) and their listening ports."""
+
+from __future__ import annotations
+
+import socket
+from collections import OrderedDict
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from flm.admission import ApiGate, TokenBucket
+from flm.proxy.request import ProxyRequest
+from flm.proxy.resource import ProxyResource, Upstream
+from flm.store import ApiRecord, Store
+
+log = Logger()
+
+
+class PortInUse(Exception):
+    def __init__(self, port: int, reason: str) -> None:
+        super().__init__(f"port {port} is in use: {reason}")
+        self.port = port
+
+
+class ConfigCache:
+    """LRU of API configs by port and by key hash; every change goes through ``put``/``drop``."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._by_port: OrderedDict[int, ApiRecord] = OrderedDict()
+        self._by_key: dict[str, ApiRecord] = {}
+
+    def by_port(self, port: int) -> ApiRecord | None:
+        config = self._by_port.get(port)
+        if config is not None:
+            self._by_port.move_to_end(port)
+        return config
+
+    def by_key_hash(self, key_hash: str) -> ApiRecord | None:
+        return self._by_key.get(key_hash)
+
+    def put(self, config: ApiRecord) -> None:
+        self.drop(config.id)
+        self._by_port[config.port] = config
+        self._by_key[config.key_hash] = config
+        while len(self._by_port) > self._size:
+            _, old = self._by_port.popitem(last=False)
+            self._by_key.pop(old.key_hash, None)
+
+    def drop(self, api_id: int) -> None:
+        for port, config in list(self._by_port.items()):
+            if config.id == api_id:
+                del self._by_port[port]
+                self._by_key.pop(config.key_hash, None)
+
+    def __len__(self) -> int:
+        return len(self._by_port)
+
+
+class ApiSite(Site):
+    """The HTTP site of one API port; knows its runtime and tracks its connections."""
+
+    requestFactory = ProxyRequest
+    noisy = False
+
+    def __init__(self, runtime: "ApiRuntime", upstream: Upstream, max_body: int,
+                 idle_timeout: float) -> None:
+        super().__init__(ProxyResource(runtime, upstream), timeout=idle_timeout,
+                         reactor=upstream.clock)
+        self.runtime = runtime
+        self.clock = upstream.clock
+        self.max_body = max_body
+        self.channels: set[Any] = set()
+
+    def config(self) -> ApiRecord | None:
+        return self.runtime.registry.cache.by_port(self.runtime.port)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        channel = protocol._channel
+        self.channels.add(channel)
+        lost = channel.connectionLost
+
+        def connectionLost(reason: Any) -> None:
+            self.channels.discard(channel)
+            lost(reason)
+        channel.connectionLost = connectionLost
+        return protocol
+
+    def log(self, request: Any) -> None:
+        """No access log: every request already gets a row in the request log."""
+
+
+class ApiRuntime:
+    """The live state of one running API: limits, queue, counters, listening port."""
+
+    def __init__(self, registry: "Registry", config: ApiRecord) -> None:
+        self.registry = registry
+        self.id = config.id
+        self.host = config.host
+        self.port = config.port
+        self.config = config
+        self.gate = ApiGate(config.max_concurrent, config.max_queue)
+        self.bucket: TokenBucket | None = None
+        self.in_flight = 0
+        self.refused_keys = 0
+        self.listener: IListeningPort | None = None
+        self.site: ApiSite | None = None
+        self.apply(config)
+
+    def apply(self, config: ApiRecord) -> None:
+        """Take a changed config at once: limits, rate, model (via the cache)."""
+        self.config = config
+        self.gate.set_limits(config.max_concurrent, config.max_queue)
+        if config.rate_limit_rpm is None:
+            self.bucket = None
+        elif self.bucket is None or self.bucket.rpm != config.rate_limit_rpm:
+            self.bucket = TokenBucket(config.rate_limit_rpm, self.registry.clock)
+
+    async def load_config(self) -> ApiRecord | None:
+        """The cold path: the cache missed, so read the store once and cache it."""
+        config = await self.registry.store.get_api(self.id)
+        if config is None or config.id not in self.registry.runtimes:
+            return None
+        self.registry.cache.put(config)
+        return config
+
+
+def _endpoint(reactor: Any, host: str, port: int) -> Any:
+    if ":" in host:
+        return TCP6ServerEndpoint(reactor, port, interface=host)
+    return TCP4ServerEndpoint(reactor, port, interface=host)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class Registry(Service):
+    """Opens and closes API ports; restores the running ones at start-up."""
+
+    name = "registry"
+
+    def __init__(self, store: Store, upstream: Upstream, *, reactor: Any, cache_size: int,
+                 max_body: int, idle_timeout: float, grace_period: float,
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.reactor = reactor
+        self.clock = upstream.clock
+        self.cache = ConfigCache(cache_size)
+        self.runtimes: dict[int, ApiRuntime] = {}
+        self.max_body = max_body
+        self.idle_timeout = idle_timeout
+        self.grace_period = grace_period
+        self.ready: Deferred[None] = succeed(None)
+
+    def startService(self) -> None:
+        super().startService()
+        self.ready = Deferred.fromCoroutine(self._restore())
+        self.ready.addErrback(lambda f: log.failure("restoring running APIs failed", f))
+
+    async def _restore(self) -> None:
+        for config in await self.store.apis_to_run():
+            try:
+                await self.start(config)
+            except PortInUse:
+                pass
+
+    async def start(self, config: ApiRecord) -> ApiRecord:
+        """Open the API's port (idempotent); a busy port sets status ``error`` and raises."""
+        if config.id in self.runtimes:
+            return config
+        runtime = ApiRuntime(self, config)
+        site = ApiSite(runtime, self.upstream, self.max_body, self.idle_timeout)
+        try:
+            listener = await _endpoint(self.reactor, config.host, config.port).listen(site)
+        except CannotListenError as e:
+            reason = f"cannot listen on {config.host}:{config.port}: {e.socketError}"
+            await self.store.update_api(config.id, {"status": "error", "status_reason": reason})
+            log.warn("API {name}: {reason}", name=config.name, reason=reason)
+            raise PortInUse(config.port, reason) from None
+        runtime.listener, runtime.site = listener, site
+        self.runtimes[config.id] = runtime
+        if config.status != "running" or config.status_reason:
+            config = await self.store.update_api(config.id, {"status": "running",
+                                                             "status_reason": None})
+        self.cache.put(config)
+        log.info("API {name} listening on {host}:{port}", name=config.name, host=config.host,
+                 port=listener.getHost().port)
+        return config
+
+    async def stop(self, api_id: int, status: str | None = "stopped") -> None:
+        """Close the port; requests in flight finish, idle keep-alive connections close."""
+        runtime = self.runtimes.pop(api_id, None)
+        self.cache.drop(api_id)
+        if status is not None:
+            await self.store.update_api(api_id, {"status": status, "status_reason": None})
+        if runtime is not None:
+            await self._close(runtime)
+
+    async def _close(self, runtime: ApiRuntime) -> None:
+        if runtime.listener is not None:
+            await runtime.listener.stopListening()
+        for channel in list(runtime.site.channels if runtime.site else ()):
+            channel.persistent = False
+            if not channel.requests:
+                channel.transport.loseConnection()
+
+    def changed(self, config: ApiRecord) -> Deferred[Any] | None:
+        """A stored config changed: a running API takes it up on its next request."""
+        runtime = self.runtimes.get(config.id)
+        if runtime is None:
+            return None
+        if (config.host, config.port) != (runtime.host, runtime.port):
+            return Deferred.fromCoroutine(self._move(runtime, config))
+        runtime.apply(config)
+        self.cache.put(config)
+        return None
+
+    async def _move(self, runtime: ApiRuntime, config: ApiRecord) -> None:
+        await self.stop(config.id, status=None)
+        await self.start(config)
+
+    def uses_model(self, name: str) -> bool:
+        return any(rt.config.model == name for rt in self.runtimes.values())
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        """Stop accepting, let requests in flight finish for the grace period, then cut."""
+        runtimes = list(self.runtimes.values())
+        self.runtimes.clear()
+        await DeferredList([Deferred.fromCoroutine(self._close(rt)) for rt in runtimes])
+        deadline = self.clock.seconds() + self.grace_period
+        while any(rt.in_flight for rt in runtimes) and self.clock.seconds() < deadline:
+            await deferLater(self.clock, 0.05, lambda: None)
+        for rt in runtimes:
+            for channel in list(rt.site.channels if rt.site else ()):
+                channel.transport.abortConnection()

@@ -1,0 +1,129 @@
+"""Builds FLM's ``MultiService`` from settings: the one place that knows every part."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+
+from flm import keys
+from flm.admin.apis import Apis
+from flm.admin.app import AdminApp, AdminSite
+from flm.admission import BackendGate
+from flm.backends import make_backend
+from flm.config import Settings
+from flm.health import BackendProbe, Health
+from flm.logbuffer import LogBuffer
+from flm.models import ModelCache, PullJobs
+from flm.proxy.resource import Upstream
+from flm.registry import Registry
+from flm.store import Store
+
+log = Logger()
+
+
+class _QuietFactory(_HTTP11ClientFactory):
+    noisy = False  # else every new backend connection logs two lines
+
+
+def quiet_pool(reactor: Any, max_per_host: int) -> HTTPConnectionPool:
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietFactory
+    pool.maxPersistentPerHost = max_per_host
+    pool.retryAutomatically = False
+    return pool
+
+
+class PoolService(Service):
+    """Owns the outgoing connection pool and closes it on stop."""
+
+    def __init__(self, *pools: HTTPConnectionPool) -> None:
+        self.pools = pools
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        return DeferredList([p.closeCachedConnections() for p in self.pools])
+
+
+class AdminService(StreamServerEndpointService):
+    """The admin listener; says where it listens once it does."""
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port: Any) -> Any:
+        address = port.getHost()
+        log.info("FLM admin API listening on {host}:{port}", host=address.host,
+                 port=address.port)
+        return port
+
+
+class FLMService(MultiService):
+    """The whole gateway; children stop in reverse order, so the store closes last."""
+
+    def __init__(self, settings: Settings, reactor: Any) -> None:
+        super().__init__()
+        self.settings = settings
+        keys.ensure_data_dir(settings.data_dir)
+        token = keys.load_admin_token(settings.data_dir, os.environ.get("FLM_ADMIN_TOKEN"))
+
+        self.store = Store(settings.db_path, reactor=reactor)
+        self.logbuffer = LogBuffer(self.store, reactor, interval=settings.log_flush_interval_s,
+                                   batch_rows=settings.log_batch_rows,
+                                   max_rows=settings.log_buffer_max_rows)
+        pool = quiet_pool(reactor, max(16, settings.backend_concurrency * 2))
+        admin_pool = quiet_pool(reactor, 4)
+        agent = Agent(reactor, connectTimeout=settings.connect_timeout_s, pool=pool)
+        http = HTTPClient(Agent(reactor, connectTimeout=settings.connect_timeout_s,
+                                pool=admin_pool))
+        backend_url = settings.backend.rstrip("/")
+        self.backend = make_backend(settings.backend_kind, backend_url, http, reactor)
+        self.backend_gate = BackendGate(settings.backend_concurrency, reactor,
+                                        settings.priority_aging_s)
+        upstream = Upstream(agent=agent, base_url=backend_url.encode(),
+                            paths=self.backend.proxy_paths, gate=self.backend_gate,
+                            clock=reactor, record=self.logbuffer.record)
+        self.registry = Registry(self.store, upstream, reactor=reactor,
+                                 cache_size=settings.config_cache_size,
+                                 max_body=settings.max_body_bytes,
+                                 idle_timeout=settings.idle_timeout_s,
+                                 grace_period=settings.grace_period_s)
+        self.models = ModelCache(self.backend, reactor, settings.model_cache_ttl_s)
+        self.pulls = PullJobs(self.backend, reactor, on_change=lambda job: self.models.expire())
+        probe_path = "/api/version" if settings.backend_kind == "ollama" else "/v1/models"
+        health = Health(BackendProbe(http, backend_url + probe_path, reactor,
+                                     cache_s=settings.health_cache_s),
+                        settings.memory_limit, lambda: self.logbuffer.healthy)
+        admin_endpoint = serverFromString(reactor, settings.admin)
+        apis = Apis(self.store, self.registry, self.models, api_host=settings.api_host,
+                    first_port=settings.first_port, reserved_ports=_ports_of(settings.admin))
+        self.admin = AdminApp(token=token, apis=apis, health=health,
+                              models=_models_admin(self.models, self.pulls, self.backend,
+                                                   self.registry))
+        site = AdminSite(self.admin.resource(), clock=reactor,
+                         max_body=settings.admin_max_body_bytes)
+
+        for child in (self.store, self.logbuffer, PoolService(pool, admin_pool), self.registry, self.pulls,
+                      AdminService(admin_endpoint, site)):
+            child.setServiceParent(self)
+
+
+def _models_admin(models: ModelCache, pulls: PullJobs, backend: Any, registry: Registry) -> Any:
+    from flm.admin.models import ModelsAdmin
+    return ModelsAdmin(models, pulls, backend, registry.uses_model).app.resource()
+
+
+def _ports_of(endpoint: str) -> set[int]:
+    """The admin port, so no API is given it."""
+    parts = endpoint.split(":")
+    if len(parts) > 1 and parts[1].isdigit():
+        return {int(parts[1])}
+    return set()

@@ -1,0 +1,41 @@
+"""``twistd flm``: command-line options, wired to :class:`flm.service.FLMService`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python import usage
+
+from flm.config import SettingsError, load_settings
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["config", "c", None, "TOML file with any setting of docs/configuration.md."],
+        ["data-dir", "d", None, "Database and admin token [default: $FLM_DATA_DIR, "
+                                "else ~/.local/share/flm]."],
+        ["admin", "a", None, "Admin API endpoint [default: tcp:8420:interface=127.0.0.1]."],
+        ["backend", "b", None, "Model server URL [default: http://127.0.0.1:11434]."],
+        ["backend-kind", "k", None, "ollama or openai [default: ollama]."],
+        ["backend-max-concurrent", "m", None, "Requests at the backend at once, across all "
+                                              "APIs [default: 1 for ollama, 4 for openai].",
+         int],
+    ]
+
+    def postOptions(self) -> None:
+        cli = {
+            "data_dir": self["data-dir"], "admin": self["admin"], "backend": self["backend"],
+            "backend_kind": self["backend-kind"],
+            "backend_max_concurrent": self["backend-max-concurrent"],
+        }
+        try:
+            self["settings"] = load_settings(cli, self["config"])
+        except SettingsError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options, reactor: Any = None) -> Any:
+    if reactor is None:
+        from twisted.internet import reactor
+    from flm.service import FLMService
+    return FLMService(options["settings"], reactor)

@@ -1,0 +1,220 @@
+"""Real-socket fixtures: ``twistd -n flm`` as a subprocess in front of the fake backend.
+
+Everything listens on 127.0.0.1 only and every wait is bounded. One gateway and one fake
+serve the whole session (each test creates its own API and resets the fake); tests that
+stop or restart the service ask for ``fresh_gateway`` instead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fakes.backend import FakeProcess
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+DEFAULT_MODEL = "llama3.2:1b"
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (the usual small race is accepted)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def twistd_command() -> list[str]:
+    script = Path(sys.executable).with_name("twistd")
+    if script.exists():
+        return [sys.executable, str(script)]
+    return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
+
+
+class Gateway:
+    """One ``twistd -n flm`` process: start, stop, restart, and talk to its admin API."""
+
+    def __init__(self, tmp: Path, fake: FakeProcess, token: str | None = None) -> None:
+        self.tmp = tmp
+        self.fake = fake
+        self.data_dir = tmp / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.token = token or f"admin-{uuid.uuid4().hex}"
+        self.admin_port = free_port()
+        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        self.stdout_path = tmp / "flm.stdout"
+        self.stderr_path = tmp / "flm.stderr"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(timeout=10)
+        self.keys: list[str] = []
+
+    def command(self) -> list[str]:
+        return twistd_command() + [
+            "-n", "--pidfile=", "flm",
+            "--data-dir", str(self.data_dir),
+            "--admin", f"tcp:{self.admin_port}:interface=127.0.0.1",
+            "--backend", self.fake.url,
+        ]
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FLM_", "OLLAMA_", "OPENAI_"))}
+        env["FLM_ADMIN_TOKEN"] = self.token
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            self.proc = subprocess.Popen(self.command(), stdout=out, stderr=err, cwd=self.tmp, env=env)
+
+        def healthy() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"flm exited with {self.proc.returncode} on start:\n{self.output()[-3000:]}")
+            try:
+                self.http.get(f"{self.admin_url}/health", timeout=1)
+            except httpx.HTTPError:
+                return False
+            return True
+
+        wait_for(healthy, START_TIMEOUT, "GET /health to answer", interval=0.1)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM and wait (SIGKILL past ``timeout``); the exit code, None if not running."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+                raise AssertionError(f"flm did not stop within {timeout}s of SIGTERM")
+        return proc.returncode
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def kill(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
+
+    def output(self) -> str:
+        text = ""
+        for path in (self.stdout_path, self.stderr_path):
+            if path.exists():
+                text += path.read_text(errors="replace")
+        return text
+
+    # -- admin API ------------------------------------------------------------------
+
+    def admin(
+        self, method: str, path: str, json: Any = None, *, token: str | None = "default",
+        content: bytes | None = None, headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """One admin request; ``token=None`` sends no Authorization header."""
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {self.token if token == 'default' else token}"
+        if content is not None:
+            all_headers.setdefault("Content-Type", "application/json")
+        return self.http.request(method, self.admin_url + path, json=json, content=content, headers=all_headers)
+
+    def create_api(self, **fields: Any) -> dict[str, Any]:
+        """Create an API (unique name, free port, the fake's first model); wait for its port."""
+        body = {"name": f"api-{uuid.uuid4().hex[:10]}", "model": DEFAULT_MODEL, "port": free_port(), **fields}
+        response = self.admin("POST", "/api/apis", body)
+        assert response.status_code == 201, (response.status_code, response.text)
+        api: dict[str, Any] = response.json()
+        assert api.get("key"), api
+        self.keys.append(api["key"])
+        if api.get("status") == "running":
+            wait_for(lambda: port_open(api["port"]), 5, f"API port {api['port']} to accept")
+        return api
+
+
+def api_url(api: dict[str, Any]) -> str:
+    return f"http://127.0.0.1:{api['port']}"
+
+
+@pytest.fixture(scope="session")
+def fake_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
+    fake = FakeProcess(str(tmp_path_factory.mktemp("fake") / "fake.log")).start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture(scope="session")
+def _session_gateway(tmp_path_factory: pytest.TempPathFactory, fake_backend: FakeProcess) -> Iterator[Gateway]:
+    gw = Gateway(tmp_path_factory.mktemp("flm"), fake_backend)
+    try:
+        gw.start()
+        yield gw
+    finally:
+        gw.kill()
+        gw.http.close()
+
+
+@pytest.fixture
+def fake(fake_backend: FakeProcess) -> FakeProcess:
+    """The session's fake, running and reset (restarted on its port if a test stopped it)."""
+    if fake_backend.proc is None or fake_backend.proc.poll() is not None:
+        fake_backend.start(fake_backend.port)
+    fake_backend.reset()
+    return fake_backend
+
+
+@pytest.fixture
+def gateway(_session_gateway: Gateway, fake: FakeProcess) -> Gateway:
+    """The session's gateway, with a fresh fake behind it."""
+    if _session_gateway.proc is None or _session_gateway.proc.poll() is not None:
+        _session_gateway.start()
+    return _session_gateway
+
+
+@pytest.fixture
+def fresh_gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """A gateway (and fake) of this test alone: free to stop, restart or break."""
+    fake = FakeProcess(str(tmp_path / "fake.log")).start()
+    gw = Gateway(tmp_path, fake)
+    try:
+        gw.start()
+        yield gw
+    finally:
+        gw.kill()
+        gw.http.close()
+        fake.stop()

@@ -1,0 +1,110 @@
+"""The service as a whole: restart, secrets at rest, and the admin API over HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.e2e.conftest import Gateway, api_url, port_open, wait_for
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def chat(api: dict[str, Any], key: str | None = None, **extra: Any) -> httpx.Response:
+    return httpx.post(
+        f"{api_url(api)}/v1/chat/completions", json={**CHAT, **extra},
+        headers={"Authorization": f"Bearer {key or api['key']}"}, timeout=10,
+    )
+
+
+def test_restart_restores_running_apis(fresh_gateway: Gateway) -> None:
+    gw = fresh_gateway
+    running = gw.create_api()
+    stopped = gw.create_api()
+    assert gw.admin("POST", f"/api/apis/{stopped['id']}/stop").status_code == 200
+    wait_for(lambda: not port_open(stopped["port"]), 5, "the stopped API's port to close")
+    assert chat(running).status_code == 200
+
+    assert gw.stop() == 0, gw.output()[-2000:]
+    assert not port_open(running["port"])
+    gw.start()
+
+    wait_for(lambda: port_open(running["port"]), 5, "the running API to listen again")
+    assert chat(running).status_code == 200
+    assert gw.admin("GET", f"/api/apis/{running['id']}").json()["status"] == "running"
+    assert gw.admin("GET", f"/api/apis/{stopped['id']}").json()["status"] == "stopped"
+    assert not port_open(stopped["port"])
+
+
+def test_keys_never_stored_or_logged(fresh_gateway: Gateway) -> None:
+    gw = fresh_gateway
+    api = gw.create_api()
+    assert chat(api).status_code == 200
+    assert chat(api, stream=True).status_code == 200
+    assert chat(api, key=api["key"] + "x").status_code == 401
+    rotated = gw.admin("POST", f"/api/apis/{api['id']}/rotate-key")
+    assert rotated.status_code == 200, rotated.text
+    new_key = rotated.json()["key"]
+    assert new_key != api["key"]
+    assert chat(api, key=api["key"]).status_code == 401
+    assert chat(api, key=new_key).status_code == 200
+    logs = gw.admin("GET", f"/api/apis/{api['id']}/logs").json()
+    assert logs["items"], logs
+    assert gw.stop() == 0
+
+    files = sorted(p for p in gw.data_dir.iterdir() if p.name.startswith("flm.sqlite3"))
+    assert gw.data_dir / "flm.sqlite3" in files, sorted(gw.data_dir.iterdir())
+    for key in (api["key"], new_key):
+        secret = key.encode()
+        tail = key[len(api["key_prefix"]):].encode() if key.startswith(api["key_prefix"]) else secret
+        for path in gw.data_dir.rglob("*"):
+            if path.is_file():
+                raw = path.read_bytes()
+                assert secret not in raw and tail not in raw, f"the key is in {path.name}"
+        output = gw.output()
+        assert key not in output and tail.decode() not in output, "the key is in the service's output"
+        assert key not in str(logs)
+
+
+def test_admin_needs_the_token(gateway: Gateway) -> None:
+    for token in (None, "wrong-token"):
+        response = gateway.admin("GET", "/api/apis", token=token)
+        assert response.status_code == 401, response.text
+        assert set(response.json()["error"]) >= {"code", "message"}
+    health = httpx.get(f"{gateway.admin_url}/health", timeout=5)
+    assert health.status_code == 200, health.text
+    assert health.json()["status"] == "ok" and health.json()["backend"]["reachable"] is True
+
+
+def test_admin_duplicate_name_is_409(gateway: Gateway) -> None:
+    api = gateway.create_api()
+    response = gateway.admin("POST", "/api/apis", {"name": api["name"], "model": api["model"]})
+    assert response.status_code == 409, response.text
+    assert response.json()["error"]["code"] and response.json()["error"]["message"]
+    taken = gateway.admin("POST", "/api/apis", {"name": api["name"] + "-2", "model": api["model"], "port": api["port"]})
+    assert taken.status_code == 409, taken.text
+
+
+def test_admin_invalid_field_is_422_naming_it(gateway: Gateway) -> None:
+    cases = [
+        ({"name": "ok-name-1", "model": "llama3.2:1b", "max_concurrent": -1}, "max_concurrent"),
+        ({"name": "ok-name-2", "model": "llama3.2:1b", "bogus_field": 1}, "bogus_field"),
+        ({"model": "llama3.2:1b"}, "name"),
+        ({"name": "ok-name-3", "model": "llama3.2:1b", "port": 70000}, "port"),
+        ({"name": "ok-name-4", "model": "no-such-model:7b"}, "model"),
+    ]
+    for body, field in cases:
+        response = gateway.admin("POST", "/api/apis", body)
+        assert response.status_code == 422, (body, response.status_code, response.text)
+        error = response.json()["error"]
+        assert field in error["message"], (field, error)
+    assert gateway.admin("GET", "/api/apis?limit=500").json()["total"] >= 0
+
+
+def test_admin_malformed_json_is_400(gateway: Gateway) -> None:
+    for body in (b"{not json", b"[1,", b"\xff"):
+        response = gateway.admin("POST", "/api/apis", content=body)
+        assert response.status_code == 400, (body, response.text)
+        error = response.json()["error"]
+        assert error["code"] and error["message"] and "Traceback" not in response.text
