@@ -290,19 +290,10 @@ def _apis_list(client: AdminClient, args: argparse.Namespace) -> int:
 
 
 def _models_rm(client: AdminClient, args: argparse.Namespace) -> int:
-    if not args.force:
-        wanted = args.name.removesuffix(":latest")
-        users = [
-            str(api.get("name"))
-            for api in _collect(client, {}, None)["items"]
-            if str(api.get("model", "")).removesuffix(":latest") == wanted
-        ]
-        if users:
-            raise CliError(
-                f"model {args.name} is used by API {', '.join(users)}; "
-                "change or delete those APIs first, or use --force"
-            )
+    # The service refuses (409 model_in_use) while a running API uses the model.
     path = "/api/models/" + urllib.parse.quote(args.name, safe="")
+    if args.force:
+        path += "?force=true"
     _emit(args, client.request("DELETE", path), lambda d, a: f"Deleted model {args.name}.")
     return 0
 

@@ -14,29 +14,11 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from flm.backends.base import (
-    Backend,
-    BackendError,
-    BackendUnavailable,
-    NotSupported,
-    validate_model_name,
-)
+from flm.backends.base import Backend, BackendError, BackendUnavailable, NotSupported
+from flm.backends.base import model_key, same_model, validate_model_name
 
+__all__ = ["ModelCache", "ModelList", "PullJob", "PullJobs", "iso", "same_model"]
 log = Logger()
-
-
-def model_key(name: str) -> str:
-    """Ollama's notion of "the same model": case-insensitive, ``:latest`` implied,
-    ``registry.ollama.ai/`` and ``library/`` implied."""
-    key = name.strip().lower()
-    key = key.removeprefix("registry.ollama.ai/").removeprefix("library/")
-    if ":" not in key.rsplit("/", 1)[-1]:
-        key += ":latest"
-    return key
-
-
-def same_model(a: str, b: str) -> bool:
-    return a == b or model_key(a) == model_key(b)
 
 
 @attrs.frozen
@@ -121,12 +103,8 @@ class ModelCache:
     def _settle(self, result: ModelList | Exception) -> None:
         waiters, self._waiters = self._waiters, []
         for w in waiters:
-            if w.called:  # that caller gave up
-                continue
-            if isinstance(result, Exception):
-                w.errback(result)
-            else:
-                w.callback(result)
+            if not w.called:  # else that caller gave up
+                w.errback(result) if isinstance(result, Exception) else w.callback(result)
 
 
 def _lists(listing: ModelList, name: str) -> bool:
@@ -155,6 +133,10 @@ class PullJob:
     speed_bps: float | None = None
     eta_s: float | None = None
     _samples: deque[tuple[float, int]] = attrs.field(factory=deque)
+    # Kept for PullJobs: who watches, when they last heard, the throttled update due.
+    watchers: list[Callable[[dict[str, Any]], object]] = attrs.field(factory=list, repr=False)
+    notified_at: float = attrs.field(default=float("-inf"), repr=False)
+    timer: IDelayedCall | None = attrs.field(default=None, repr=False)
 
     @property
     def completed(self) -> int:
@@ -177,8 +159,8 @@ class PullJob:
             self.status_line = line["status"]
         digest, total = line.get("digest"), line.get("total")
         if isinstance(digest, str) and _count(total):
-            done = line.get("completed") if _count(line.get("completed")) else 0
-            self.layers[digest] = (min(done, total), total)
+            done = line.get("completed")
+            self.layers[digest] = (min(done, total) if _count(done) else 0, total)
         self._rate(now)
 
     def _rate(self, now: float, window: float = 10.0) -> None:
@@ -229,17 +211,11 @@ class PullJobs(service.Service):
         self._jobs: dict[str, PullJob] = {}
         self._running: dict[str, PullJob] = {}  # by model_key(name)
         self._tasks: dict[str, Deferred[None]] = {}
-        self._watchers: dict[str, list[Callable[[dict[str, Any]], object]]] = {}
-        self._timers: dict[str, IDelayedCall] = {}
-        self._notified: dict[str, float] = {}
         self._stopping = False
 
     def start(self, name: str) -> PullJob:
-        """Start pulling ``name``, or return the job already pulling it.
-
-        Raises ``NotSupported`` (backend cannot pull), ``ValueError`` (bad name),
-        ``BackendUnavailable`` (the service is stopping).
-        """
+        """Start pulling ``name``, or return the job already pulling it. Raises
+        ``NotSupported``, ``ValueError`` (bad name), ``BackendUnavailable`` (stopping)."""
         if not self._backend.can_manage_models:
             raise NotSupported(f"a {self._backend.kind} backend cannot download models; "
                                "manage its models on the model server itself")
@@ -273,12 +249,11 @@ class PullJobs(service.Service):
         callback(job.state())
         if job.status != "running":
             return lambda: None
-        watchers = self._watchers.setdefault(job_id, [])
-        watchers.append(callback)
+        job.watchers.append(callback)
 
         def unsubscribe() -> None:
-            if callback in watchers:
-                watchers.remove(callback)
+            if callback in job.watchers:
+                job.watchers.remove(callback)
         return unsubscribe
 
     def stopService(self) -> Deferred[None]:
@@ -306,22 +281,19 @@ class PullJobs(service.Service):
 
     def _progress(self, job: PullJob, line: dict[str, Any]) -> None:
         job.apply(line, self.clock.seconds())
-        if job.id in self._timers:
-            return
-        wait = self._notified.get(job.id, float("-inf")) + self.notify_interval_s
-        wait -= self.clock.seconds()
-        if wait <= 0:
-            self._notify(job)
-        else:
-            self._timers[job.id] = self.clock.callLater(wait, self._notify, job)
+        if job.timer is None:
+            wait = job.notified_at + self.notify_interval_s - self.clock.seconds()
+            if wait <= 0:
+                self._notify(job)
+            else:
+                job.timer = self.clock.callLater(wait, self._notify, job)
 
     def _notify(self, job: PullJob) -> None:
-        timer = self._timers.pop(job.id, None)
-        if timer is not None and timer.active():
-            timer.cancel()
-        self._notified[job.id] = self.clock.seconds()
+        if job.timer is not None and job.timer.active():
+            job.timer.cancel()
+        job.timer, job.notified_at = None, self.clock.seconds()
         state = job.state()
-        for callback in list(self._watchers.get(job.id, ())):
+        for callback in list(job.watchers):
             try:
                 callback(state)
             except Exception:
@@ -335,8 +307,7 @@ class PullJobs(service.Service):
         if self._running.get(model_key(job.name)) is job:
             del self._running[model_key(job.name)]
         self._notify(job)
-        self._watchers.pop(job.id, None)
-        self._notified.pop(job.id, None)
+        job.watchers.clear()
         if self._on_change is not None:
             try:
                 self._on_change(job)

@@ -206,10 +206,10 @@ class AdminTests(AdminCase):
         events = Events()
         self.successResultOf(d).deliverBody(events)
         self.flush()
-        assert len(self.pulls._watchers[job]) == 1
+        assert len(self.pulls.get(job).watchers) == 1
         events.transport.stopProducing()
         self.flush()
-        assert self.pulls._watchers[job] == []
+        assert self.pulls.get(job).watchers == []
         self.clock.advance(60)  # no heartbeat into a closed request
         self.fake.pulls[0].write(ndjson(*PULL))
         self.fake.pulls[0].finish()

@@ -456,24 +456,19 @@ def test_models_list_says_when_stale(admin: FakeAdmin, capsys: Any) -> None:
     )
 
 
-def test_models_rm_quotes_the_name_and_guards_models_in_use(
-    admin: FakeAdmin, capsys: Any
-) -> None:
-    admin.routes[("GET", "/api/apis?limit=500")] = (
-        200, {"items": [api_object(1, model="org/m:7b")], "next_cursor": None, "total": 1})
-    admin.routes[("DELETE", "/api/models/org%2Fm%3A7b")] = (200, {})
+def test_models_rm_quotes_the_name_and_passes_force(admin: FakeAdmin, capsys: Any) -> None:
+    admin.routes[("DELETE", "/api/models/org%2Fm%3A7b")] = (
+        409, {"error": {"code": "model_in_use", "message": "model org/m:7b is used by API api1"}})
+    admin.routes[("DELETE", "/api/models/org%2Fm%3A7b?force=true")] = (200, {})
     admin.routes[("DELETE", "/api/models/other")] = (200, {})
 
     assert run(admin, "models", "rm", "org/m:7b") == 1
-    assert capsys.readouterr().err == (
-        "flm: error: model org/m:7b is used by API api1; change or delete those APIs first, "
-        "or use --force\n")
+    assert capsys.readouterr().err == "flm: error: model org/m:7b is used by API api1\n"
     assert run(admin, "models", "rm", "org/m:7b", "--force") == 0
     assert run(admin, "models", "rm", "other") == 0
     assert admin.paths() == [
-        "GET /api/apis?limit=500",
         "DELETE /api/models/org%2Fm%3A7b",
-        "GET /api/apis?limit=500",
+        "DELETE /api/models/org%2Fm%3A7b?force=true",
         "DELETE /api/models/other",
     ]
     assert capsys.readouterr().out == "Deleted model org/m:7b.\nDeleted model other.\n"

@@ -141,8 +141,6 @@ class ModelsAdmin:
         request.setHeader(b"x-accel-buffering", b"no")
         stream = _EventStream(request, self._clock, self.heartbeat_s)
         stream.unsubscribe = self._pulls.subscribe(job_id, stream.send)
-        if stream.done.called:
-            stream.close()
         return stream.done
 
     # -- one model --------------------------------------------------------------------
@@ -251,6 +249,8 @@ class _EventStream:
             self.done.callback(None)
 
     def close(self) -> None:
+        # Called on the final state, or on cancel (client gone). A final state sent by
+        # subscribe() itself arrives before unsubscribe is set: a finished job has none.
         if self._ping.running:
             self._ping.stop()
         if self.unsubscribe is not None:

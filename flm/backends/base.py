@@ -98,6 +98,17 @@ def validate_model_name(name: object) -> str:
     return name
 
 
+def model_key(name: str) -> str:
+    """Ollama's idea of "the same model": case-insensitive, with ``:latest``,
+    ``registry.ollama.ai/`` and ``library/`` implied."""
+    key = name.strip().lower().removeprefix("registry.ollama.ai/").removeprefix("library/")
+    return key if ":" in key.rsplit("/", 1)[-1] else key + ":latest"
+
+
+def same_model(a: str, b: str) -> bool:
+    return a == b or model_key(a) == model_key(b)
+
+
 async def bounded(
     coro: Coroutine[Any, Any, T], clock: IReactorTime, seconds: float, what: str
 ) -> T:
