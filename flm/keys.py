@@ -60,6 +60,7 @@ def load_admin_token(data_dir: str, env_token: str | None) -> str:
         pass
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing (empty) file keeps its mode otherwise
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token

@@ -61,7 +61,7 @@ class ModelCache:
         waiter: Deferred[ModelList] = Deferred()
         self._waiters.append(waiter)
         if len(self._waiters) == 1:
-            Deferred.fromCoroutine(self._fetch())
+            Deferred.fromCoroutine(self._fetch()).addErrback(lambda f: f.trap(CancelledError))
         return await waiter
 
     async def known(self, name: str) -> bool | None:
@@ -84,6 +84,7 @@ class ModelCache:
         try:
             models = await self._backend.list_models()
         except CancelledError:
+            self._settle(BackendUnavailable("fetching the model list was cancelled"))
             raise
         except Exception as e:
             if not isinstance(e, (BackendUnavailable, BackendError)):
@@ -146,13 +147,6 @@ class PullJob:
     def total(self) -> int:
         return sum(t for _, t in self.layers.values())
 
-    @property
-    def percent(self) -> float:
-        if self.status == "done":
-            return 100.0
-        total = self.total
-        return round(100.0 * self.completed / total, 1) if total else 0.0
-
     def apply(self, line: dict[str, Any], now: float) -> None:
         """Fold one backend progress line into the state."""
         if isinstance(line.get("status"), str):
@@ -175,16 +169,15 @@ class PullJob:
             self.eta_s = round(left / self.speed_bps, 1) if self.speed_bps > 0 else None
 
     def state(self) -> dict[str, Any]:
-        running = self.status == "running"
-        return {
-            "job": self.id, "name": self.name, "status": self.status,
-            "completed": self.completed, "total": self.total, "percent": self.percent,
-            "status_line": self.status_line,
-            "speed_bps": round(self.speed_bps) if running and self.speed_bps is not None else None,
-            "eta_s": self.eta_s if running else None,
-            "error": self.error,
-            "started_at": iso(self.started_at), "finished_at": iso(self.finished_at),
-        }
+        """What the admin API shows (also each SSE event)."""
+        done, total, running = self.completed, self.total, self.status == "running"
+        percent = 100.0 if self.status == "done" else round(100 * done / total, 1) if total else 0.0
+        speed = round(self.speed_bps) if running and self.speed_bps is not None else None
+        return {"job": self.id, "name": self.name, "status": self.status, "completed": done,
+                "total": total, "percent": percent, "status_line": self.status_line,
+                "speed_bps": speed, "eta_s": self.eta_s if running else None,
+                "error": self.error, "started_at": iso(self.started_at),
+                "finished_at": iso(self.finished_at)}
 
 
 def _count(v: Any) -> bool:
@@ -236,7 +229,7 @@ class PullJobs(service.Service):
         return job
 
     def get(self, job_id: str) -> PullJob | None:
-        self._prune()
+        self._prune()  # finished jobs are forgotten after keep_finished_s
         return self._jobs.get(job_id)
 
     def subscribe(self, job_id: str, callback: Callable[[dict[str, Any]], object]

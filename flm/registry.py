@@ -13,9 +13,10 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from flm.admission import ApiGate, TokenBucket
+from flm.proxy.channel import GuardedSite
+from flm.proxy.errors import error_json as openai_error
 from flm.proxy.request import ProxyRequest
 from flm.proxy.resource import ProxyResource, Upstream
 from flm.store import ApiRecord, Store
@@ -64,38 +65,20 @@ class ConfigCache:
         return len(self._by_port)
 
 
-class ApiSite(Site):
-    """The HTTP site of one API port; knows its runtime and tracks its connections."""
+class ApiSite(GuardedSite):
+    """The HTTP site of one API port; knows its runtime."""
 
     requestFactory = ProxyRequest
-    noisy = False
 
-    def __init__(self, runtime: "ApiRuntime", upstream: Upstream, max_body: int,
-                 idle_timeout: float) -> None:
-        super().__init__(ProxyResource(runtime, upstream), timeout=idle_timeout,
-                         reactor=upstream.clock)
+    def __init__(self, runtime: "ApiRuntime", upstream: Upstream, **limits: Any) -> None:
+        super().__init__(ProxyResource(runtime, upstream), clock=upstream.clock, **limits)
         self.runtime = runtime
-        self.clock = upstream.clock
-        self.max_body = max_body
-        self.channels: set[Any] = set()
 
     def config(self) -> ApiRecord | None:
         return self.runtime.registry.cache.by_port(self.runtime.port)
 
-    def buildProtocol(self, addr: Any) -> Any:
-        protocol = super().buildProtocol(addr)
-        channel = protocol._channel
-        self.channels.add(channel)
-        lost = channel.connectionLost
-
-        def connectionLost(reason: Any) -> None:
-            self.channels.discard(channel)
-            lost(reason)
-        channel.connectionLost = connectionLost
-        return protocol
-
-    def log(self, request: Any) -> None:
-        """No access log: every request already gets a row in the request log."""
+    def error_body(self, status: int, code: str, message: str) -> bytes:
+        return openai_error(code, message)
 
 
 class ApiRuntime:
@@ -156,16 +139,14 @@ class Registry(Service):
     name = "registry"
 
     def __init__(self, store: Store, upstream: Upstream, *, reactor: Any, cache_size: int,
-                 max_body: int, idle_timeout: float, grace_period: float,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+                 grace_period: float, site_limits: dict[str, Any]) -> None:
         self.store = store
         self.upstream = upstream
         self.reactor = reactor
         self.clock = upstream.clock
         self.cache = ConfigCache(cache_size)
         self.runtimes: dict[int, ApiRuntime] = {}
-        self.max_body = max_body
-        self.idle_timeout = idle_timeout
+        self.site_limits = site_limits
         self.grace_period = grace_period
         self.ready: Deferred[None] = succeed(None)
 
@@ -186,7 +167,7 @@ class Registry(Service):
         if config.id in self.runtimes:
             return config
         runtime = ApiRuntime(self, config)
-        site = ApiSite(runtime, self.upstream, self.max_body, self.idle_timeout)
+        site = ApiSite(runtime, self.upstream, **self.site_limits)
         try:
             listener = await _endpoint(self.reactor, config.host, config.port).listen(site)
         except CannotListenError as e:
@@ -254,3 +235,8 @@ class Registry(Service):
         for rt in runtimes:
             for channel in list(rt.site.channels if rt.site else ()):
                 channel.transport.abortConnection()
+        # Cut requests record their log rows as their connections close: wait for that,
+        # so the log buffer's final flush (it stops after us) has them.
+        deadline = self.clock.seconds() + 1.0
+        while any(rt.in_flight for rt in runtimes) and self.clock.seconds() < deadline:
+            await deferLater(self.clock, 0.01, lambda: None)

@@ -91,11 +91,14 @@ class FLMService(MultiService):
         upstream = Upstream(agent=agent, base_url=backend_url.encode(),
                             paths=self.backend.proxy_paths, gate=self.backend_gate,
                             clock=reactor, record=self.logbuffer.record)
+        limits = dict(idle_timeout=settings.idle_timeout_s,
+                      header_timeout=settings.header_timeout_s,
+                      body_timeout=settings.body_timeout_s,
+                      max_connections=settings.max_connections)
         self.registry = Registry(self.store, upstream, reactor=reactor,
                                  cache_size=settings.config_cache_size,
-                                 max_body=settings.max_body_bytes,
-                                 idle_timeout=settings.idle_timeout_s,
-                                 grace_period=settings.grace_period_s)
+                                 grace_period=settings.grace_period_s,
+                                 site_limits={**limits, "max_body": settings.max_body_bytes})
         self.models = ModelCache(self.backend, reactor, settings.model_cache_ttl_s)
         self.pulls = PullJobs(self.backend, reactor, on_change=lambda job: self.models.expire())
         probe_path = "/api/version" if settings.backend_kind == "ollama" else "/v1/models"
@@ -109,7 +112,7 @@ class FLMService(MultiService):
                               models=_models_admin(self.models, self.pulls, self.backend,
                                                    self.registry))
         site = AdminSite(self.admin.resource(), clock=reactor,
-                         max_body=settings.admin_max_body_bytes)
+                         max_body=settings.admin_max_body_bytes, **limits)
 
         for child in (self.store, self.logbuffer, PoolService(pool, admin_pool), self.registry, self.pulls,
                       AdminService(admin_endpoint, site)):

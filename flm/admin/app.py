@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import hmac
+import json
 from typing import Any, Awaitable, Callable
 
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException
 
 from flm import keys
 from flm.admin.apis import Apis
 from flm.admin.errors import AdminError, error, json_body
 from flm.admin.validation import page_limit, parse_json
+from flm.proxy.channel import GuardedSite
 from flm.proxy.request import BoundedRequest
 
 log = Logger()
@@ -23,23 +24,15 @@ log = Logger()
 
 class AdminRequest(BoundedRequest):
     def too_large(self) -> tuple[int, bytes]:
-        status = 413
-        body = (b'{"error":{"code":"request_too_large","message":"The body is over %d bytes."}}'
-                % self.channel.site.max_body)
-        return status, body
+        return 413, self.channel.site.error_body(
+            413, "request_too_large", f"The body is over {self.channel.site.max_body} bytes.")
 
 
-class AdminSite(Site):
+class AdminSite(GuardedSite):
     requestFactory = AdminRequest
-    noisy = False
 
-    def __init__(self, resource: Any, *, clock: Any, max_body: int) -> None:
-        super().__init__(resource, reactor=clock)
-        self.clock = clock
-        self.max_body = max_body
-
-    def log(self, request: Any) -> None:
-        """No access log for the admin API (it would carry nothing the logs API lacks)."""
+    def error_body(self, status: int, code: str, message: str) -> bytes:
+        return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
 def shield(coro: Awaitable[Any]) -> Deferred[Any]:

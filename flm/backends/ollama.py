@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -83,19 +83,13 @@ class OllamaBackend:
         """
         validate_model_name(name)
         url = self.base_url + "/api/pull"
-        d = Deferred.fromCoroutine(
-            send(self._http, "POST", url, json={"model": name, "stream": True}, unbuffered=True)
-        )
-        d.addTimeout(self.pull_idle_timeout_s, self._clock)
-        try:
-            response = await d
-        except CancelledError:
-            raise
-        except TimeoutError:
-            raise BackendUnavailable(
-                f"the backend did not answer POST /api/pull within {self.pull_idle_timeout_s:g} s")
+        request = send(self._http, "POST", url, json={"model": name, "stream": True},
+                       unbuffered=True)  # never "insecure"
+        response = await bounded(request, self._clock, self.pull_idle_timeout_s,
+                                 "POST /api/pull")
         if response.code != 200:
-            raise BackendError(await read_error(response, url))
+            raise BackendError(await bounded(read_error(response, url), self._clock,
+                                             self.request_timeout_s, "POST /api/pull"))
         reader = NDJSONReader(on_progress, self._clock, self.pull_idle_timeout_s)
         response.deliverBody(reader)
         await reader.done

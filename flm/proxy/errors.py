@@ -21,12 +21,15 @@ ERRORS: dict[str, tuple[int, str]] = {
 }
 
 
+def error_json(code: str, message: str) -> bytes:
+    kind = ERRORS[code][1] if code in ERRORS else "invalid_request_error"
+    return json.dumps({"error": {"message": message, "type": kind, "param": None,
+                                 "code": code}}, separators=(",", ":")).encode()
+
+
 def error_body(code: str, message: str) -> tuple[int, bytes]:
     """(status, body) for an error code of the contract."""
-    status, kind = ERRORS[code]
-    body = json.dumps({"error": {"message": message, "type": kind, "param": None,
-                                 "code": code}}, separators=(",", ":")).encode()
-    return status, body
+    return ERRORS[code][0], error_json(code, message)
 
 
 INVALID_KEY = error_body(

@@ -1,0 +1,144 @@
+"""Limits at the edge of every listening port, before any request object exists.
+
+Twisted's own guards answer a bare ``400`` (too many or too large headers), drop a header
+line over 16 KiB silently, and reset the idle timeout on every byte, so a client trickling
+one byte a minute holds a connection for days. This channel answers 431 / 414 / 408 in
+the site's error shape and bounds the time the headers and the body may take.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.web.http import HTTPChannel
+from twisted.web.server import Site
+
+LINGER_S = 2.0
+
+
+class GuardedChannel(HTTPChannel):
+    maxHeaders = 100
+    totalHeadersSize = 32 * 1024  # request line and all headers
+    MAX_LENGTH = 16 * 1024  # one line
+
+    _between = True
+    _deadline: IDelayedCall | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._between and self._deadline is None and data:
+            # The first byte of a request: its headers must all be in soon.
+            self._between = False
+            self._arm(self.site.header_timeout_s, "headers")
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._answer(431, "request_header_fields_too_large",
+                         f"Request headers are over {self.totalHeadersSize} bytes.")
+            return
+        super().lineReceived(line)
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self._answer(431, "request_header_fields_too_large",
+                         f"More than {self.maxHeaders} request headers.")
+            return False
+        return super().headerReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if not self.requests:
+            self._answer(414, "uri_too_long", f"Request line over {self.MAX_LENGTH} bytes.")
+        else:
+            self._answer(431, "request_header_fields_too_large",
+                         f"A request header line is over {self.MAX_LENGTH} bytes.")
+
+    def allHeadersReceived(self) -> None:
+        self._arm(self.site.body_timeout_s, "body")
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        self._disarm()
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        self._between = True
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Any) -> None:
+        self._disarm()
+        super().connectionLost(reason)
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        self._deadline = self.callLater(seconds, self._late, what)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _late(self, what: str) -> None:
+        self._deadline = None
+        request = self.requests[-1] if self.requests else None
+        if request is not None and request.startedWriting:
+            self.transport.abortConnection()
+            return
+        self._answer(408, "request_timeout", f"The request {what} took too long to arrive.")
+
+    def _answer(self, status: int, code: str, message: str) -> None:
+        """A raw response and a lingering close: no request object may exist yet."""
+        self._disarm()
+        body = self.site.error_body(status, code, message)
+        reason = {408: b"Request Timeout", 414: b"URI Too Long",
+                  431: b"Request Header Fields Too Large"}[status]
+        self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                             % (status, reason, len(body), body))
+        self.dataReceived = self.lineReceived = lambda *args: None  # type: ignore[method-assign]
+        # Half-close: closing with unread input would reset the connection, and the
+        # client would see the reset instead of the answer.
+        getattr(self.transport, "loseWriteConnection", self.transport.loseConnection)()
+        self.callLater(LINGER_S, _abort, self.transport)
+
+
+def _abort(transport: Any) -> None:
+    if getattr(transport, "connected", False):
+        transport.abortConnection()
+
+
+class GuardedSite(Site):
+    """A site of guarded channels that tracks its connections and caps their number."""
+
+    protocol = GuardedChannel
+    noisy = False
+
+    def __init__(self, resource: Any, *, clock: Any, max_body: int, idle_timeout: float,
+                 header_timeout: float = 10.0, body_timeout: float = 60.0,
+                 max_connections: int = 512) -> None:
+        super().__init__(resource, timeout=idle_timeout, reactor=clock)
+        self.clock = clock
+        self.max_body = max_body
+        self.header_timeout_s = header_timeout
+        self.body_timeout_s = body_timeout
+        self.max_connections = max_connections
+        self.channels: set[GuardedChannel] = set()
+
+    def error_body(self, status: int, code: str, message: str) -> bytes:
+        raise NotImplementedError
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if len(self.channels) >= self.max_connections:
+            return None  # refused: the connection is closed at once
+        channel = super().buildProtocol(addr)
+        self.channels.add(channel)
+        lost = channel.connectionLost
+
+        def connectionLost(reason: Any) -> None:
+            self.channels.discard(channel)
+            lost(reason)
+        channel.connectionLost = connectionLost
+        return channel
+
+    def log(self, request: Any) -> None:
+        """No access log: API requests get rows in the request log, admin calls need none."""

@@ -1,0 +1,195 @@
+"""Queries over request logs and performance rollups: pages, retention, metric ranges.
+
+Every function takes the :class:`~flm.store.db.Store` and runs one named interaction
+(or, for pruning, many short ones). Pages are keyset-paginated on ``id``: no OFFSET, so
+a page costs the same at row 10 and at row 5,000,000.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Sequence
+
+from flm.store.db import LOG_COLUMNS
+
+LOG_FIELDS = ("id", *LOG_COLUMNS)
+METRIC_COLUMNS = ("api_id", "bucket_start", "request_count", "error_count", "sum_response_ms",
+                  "p95_response_ms", "p95_ttfb_ms", "prompt_tokens", "completion_tokens")
+# Coarser buckets for long ranges: the smallest that keeps a range under MAX_BUCKETS.
+BUCKET_SIZES = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
+MAX_BUCKETS = 1500
+_STATUS = re.compile(r"^([1-5])(?:xx|XX|(\d\d))$")
+
+
+def parse_status(value: str) -> tuple[int, int | None]:
+    """``'503'`` -> ``(5, 503)``; ``'5xx'`` -> ``(5, None)``; anything else ValueError."""
+    m = _STATUS.match(value)
+    if not m:
+        raise ValueError(value)
+    return int(m.group(1)), (int(value) if m.group(2) else None)
+
+
+def _where(api_id: int | None, status: tuple[int, int | None] | None, before_id: int | None,
+           since: float | None, until: float | None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    if api_id is not None:
+        clauses.append("api_id = ?")
+        args.append(api_id)
+    if status is not None:
+        # ``status / 100`` exactly as in the index request_logs_api_class.
+        clauses.append("status / 100 = ?")
+        args.append(status[0])
+        if status[1] is not None:
+            clauses.append("status = ?")
+            args.append(status[1])
+    if before_id is not None:
+        clauses.append("id < ?")
+        args.append(before_id)
+    if since is not None:
+        clauses.append("created_at >= ?")
+        args.append(since)
+    if until is not None:
+        clauses.append("created_at < ?")
+        args.append(until)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+def logs_sql(api_id: int | None, limit: int, before_id: int | None = None,
+             status: tuple[int, int | None] | None = None, since: float | None = None,
+             until: float | None = None) -> tuple[str, list[Any]]:
+    """The statement of :func:`logs_page` (also for ``EXPLAIN QUERY PLAN``)."""
+    where, args = _where(api_id, status, before_id, since, until)
+    return (f"SELECT {', '.join(LOG_FIELDS)} FROM request_logs{where} "
+            "ORDER BY id DESC LIMIT ?", [*args, limit])
+
+
+async def logs_page(store: Any, api_id: int | None, limit: int, before_id: int | None = None,
+                    status: str | tuple[int, int | None] | None = None,
+                    since: float | None = None, until: float | None = None
+                    ) -> tuple[list[dict[str, Any]], int | None]:
+    """Up to ``limit`` rows newest first, and the id to pass as ``before_id`` for the next
+    page (None on the last page). ``status`` is a code or class string, or parsed."""
+    if isinstance(status, str):
+        status = parse_status(status)
+    sql, args = logs_sql(api_id, limit + 1, before_id, status, since, until)
+
+    def txn(c: Any) -> list[tuple[Any, ...]]:
+        c.execute(sql, args)
+        return c.fetchall()
+    rows = await store.run_read("logs_page", txn)
+    more = len(rows) > limit
+    items = [dict(zip(LOG_FIELDS, r)) for r in rows[:limit]]
+    return items, (items[-1]["id"] if more else None)
+
+
+async def prune(store: Any, older_than: float, max_rows: int, batch: int = 2000) -> int:
+    """Delete rows older than ``older_than`` (epoch s), then the oldest past ``max_rows``;
+    also rollups older than ``older_than``. Each batch is its own short write transaction,
+    so log flushes and admin writes slip in between. Returns the log rows deleted."""
+    def by_age(c: Any) -> int:
+        c.execute("DELETE FROM request_logs WHERE id IN (SELECT id FROM request_logs "
+                  "WHERE created_at < ? LIMIT ?)", (older_than, batch))
+        return int(c.rowcount)
+
+    deleted = 0
+    while True:
+        n = await store.run_write("prune_logs_by_age", by_age)
+        deleted += n
+        if n < batch:
+            break
+
+    def excess(c: Any) -> int:
+        # max - min + 1 bounds the count from above and costs two index probes.
+        c.execute("SELECT min(id), max(id) FROM request_logs")
+        lo, hi = c.fetchone()
+        if lo is None or hi - lo + 1 <= max_rows:
+            return 0
+        c.execute("SELECT count(*) FROM request_logs")
+        return max(0, int(c.fetchone()[0]) - max_rows)
+
+    def oldest(c: Any, n: int) -> int:
+        c.execute("DELETE FROM request_logs WHERE id IN (SELECT id FROM request_logs "
+                  "ORDER BY id LIMIT ?)", (n,))
+        return int(c.rowcount)
+
+    left = await store.run_read("prune_logs_count", excess)
+    while left > 0:
+        n = await store.run_write("prune_logs_by_count", oldest, min(batch, left))
+        if n == 0:
+            break
+        deleted += n
+        left -= n
+    await prune_metrics(store, older_than)
+    return deleted
+
+
+async def prune_metrics(store: Any, older_than: float, apis_per_txn: int = 50) -> None:
+    """Rollups older than ``older_than``, per API through the primary key."""
+    def api_ids(c: Any) -> list[int]:
+        c.execute("SELECT DISTINCT api_id FROM performance_metrics")
+        return [r[0] for r in c.fetchall()]
+
+    def txn(c: Any, ids: list[int]) -> None:
+        c.executemany("DELETE FROM performance_metrics WHERE api_id = ? AND bucket_start < ?",
+                      [(i, older_than) for i in ids])
+    ids = await store.run_read("prune_metrics_apis", api_ids)
+    for start in range(0, len(ids), apis_per_txn):
+        await store.run_write("prune_metrics", txn, ids[start:start + apis_per_txn])
+
+
+_UPSERT = (
+    f"INSERT INTO performance_metrics ({', '.join(METRIC_COLUMNS)}) VALUES "
+    f"({', '.join('?' * len(METRIC_COLUMNS))}) ON CONFLICT (api_id, bucket_start) DO UPDATE SET "
+    "request_count = request_count + excluded.request_count, "
+    "error_count = error_count + excluded.error_count, "
+    "sum_response_ms = sum_response_ms + excluded.sum_response_ms, "
+    # A minute rolled up twice (rows recorded late, or a restart) keeps the higher p95.
+    "p95_response_ms = max(coalesce(p95_response_ms, excluded.p95_response_ms), "
+    "coalesce(excluded.p95_response_ms, p95_response_ms)), "
+    "p95_ttfb_ms = max(coalesce(p95_ttfb_ms, excluded.p95_ttfb_ms), "
+    "coalesce(excluded.p95_ttfb_ms, p95_ttfb_ms)), "
+    "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+    "completion_tokens = completion_tokens + excluded.completion_tokens")
+
+
+async def upsert_metrics(store: Any, rows: Iterable[Sequence[Any]]) -> None:
+    """Add per-minute aggregates (ordered as ``METRIC_COLUMNS``) in one transaction."""
+    rows = list(rows)
+    if not rows:
+        return
+
+    def txn(c: Any) -> None:
+        c.executemany(_UPSERT, rows)
+    await store.run_write("upsert_metrics", txn)
+
+
+def bucket_size(since: float, until: float) -> int:
+    """60 s, or the smallest coarser size that keeps the range under ``MAX_BUCKETS``."""
+    span = max(0.0, until - since)
+    for size in BUCKET_SIZES:
+        if span / size <= MAX_BUCKETS:
+            return size
+    return BUCKET_SIZES[-1]
+
+
+def metrics_sql(api_id: int, since: float, until: float, bucket_s: int
+                ) -> tuple[str, list[Any]]:
+    """The statement of :func:`metrics_range` (also for ``EXPLAIN QUERY PLAN``)."""
+    return ("SELECT bucket_start / ? * ? AS b, sum(request_count), sum(error_count), "
+            "sum(sum_response_ms), max(p95_response_ms), max(p95_ttfb_ms), "
+            "sum(prompt_tokens), sum(completion_tokens) FROM performance_metrics "
+            "WHERE api_id = ? AND bucket_start >= ? AND bucket_start < ? GROUP BY b ORDER BY b",
+            [bucket_s, bucket_s, api_id, int(since) // 60 * 60, until])
+
+
+async def metrics_range(store: Any, api_id: int, since: float, until: float,
+                        bucket_s: int) -> list[list[Any]]:
+    """``[start, count, errors, sum_ms, p95_ms, p95_ttfb_ms, prompt, completion]`` per
+    bucket with requests, oldest first. Coarse buckets keep the highest minute p95."""
+    sql, args = metrics_sql(api_id, since, until, bucket_s)
+
+    def txn(c: Any) -> list[list[Any]]:
+        c.execute(sql, args)
+        return [list(r) for r in c.fetchall()]
+    return await store.run_read("metrics_range", txn)
