@@ -155,3 +155,38 @@ class TokenBucket:
         raise Refused("rate_limited", max(1, wait),
                       f"Rate limit of {self.rpm} requests per minute reached; "
                       f"retry in {max(1, wait)} s.")
+
+
+class FailedKeyLimiter:
+    """Slows key guessing: after ``limit`` refused keys from one address within
+    ``window_s``, that address is refused (429) without its key being looked at."""
+
+    def __init__(self, clock: IReactorTime, limit: int = 20, window_s: float = 60.0,
+                 max_addresses: int = 10_000) -> None:
+        self._clock = clock
+        self.limit = limit
+        self.window_s = window_s
+        self._max = max_addresses
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def blocked(self, address: str) -> int:
+        """Seconds until ``address`` may try again, or 0."""
+        entry = self._seen.get(address)
+        if entry is None:
+            return 0
+        start, failures = entry
+        left = start + self.window_s - self._clock.seconds()
+        if left <= 0:
+            del self._seen[address]
+            return 0
+        return math.ceil(left) if failures >= self.limit else 0
+
+    def failed(self, address: str) -> None:
+        now = self._clock.seconds()
+        start, failures = self._seen.pop(address, (now, 0))
+        if now - start >= self.window_s:
+            start, failures = now, 0
+        if len(self._seen) >= self._max:
+            # Forget the oldest address (dicts keep insertion order).
+            del self._seen[next(iter(self._seen))]
+        self._seen[address] = (start, failures + 1)

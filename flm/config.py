@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -38,13 +39,29 @@ def default_data_dir(env: Mapping[str, str] = os.environ) -> str:
     return str(Path("~/.local/share/flm").expanduser())
 
 
+def _size(value: Any, attribute: attrs.Attribute) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise SettingsError(f"{attribute.name}: {e}") from None
+
+
+_SIZE_SETTING = attrs.Converter(_size, takes_field=True)
+
+
+def _number(attribute: attrs.Attribute, value: Any) -> bool:
+    """A number of the setting's type (an ``int`` setting takes no fractions)."""
+    kinds = (int,) if attribute.type in (int, "int") else (int, float)
+    return not isinstance(value, bool) and isinstance(value, kinds)
+
+
 def _positive(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if not _number(attribute, value) or value <= 0:
         raise SettingsError(f"{attribute.name}: must be a positive number, got {value!r}")
 
 
 def _non_negative(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    if not _number(attribute, value) or value < 0:
         raise SettingsError(f"{attribute.name}: must be zero or more, got {value!r}")
 
 
@@ -61,9 +78,9 @@ class Settings:
     backend_max_concurrent: int = attrs.field(default=0, validator=_non_negative)
     api_host: str = "127.0.0.1"
     first_port: int = attrs.field(default=8080, validator=_positive)
-    max_body_bytes: int = attrs.field(default=10 * 1024 * 1024, converter=parse_size,
+    max_body_bytes: int = attrs.field(default=10 * 1024 * 1024, converter=_SIZE_SETTING,
                                       validator=_positive)
-    admin_max_body_bytes: int = attrs.field(default=1024 * 1024, converter=parse_size,
+    admin_max_body_bytes: int = attrs.field(default=1024 * 1024, converter=_SIZE_SETTING,
                                             validator=_positive)
     connect_timeout_s: float = attrs.field(default=5.0, validator=_positive)
     grace_period_s: float = attrs.field(default=10.0, validator=_non_negative)
@@ -81,8 +98,29 @@ class Settings:
     log_retention_days: float = attrs.field(default=30.0, validator=_positive)
     log_max_rows: int = attrs.field(default=5_000_000, validator=_positive)
     monitor_interval_s: float = attrs.field(default=60.0, validator=_positive)
-    memory_limit: int = attrs.field(default=2 * 1024**3, converter=parse_size,
+    memory_limit: int = attrs.field(default=2 * 1024**3, converter=_SIZE_SETTING,
                                     validator=_positive)
+    # Host names the admin API answers to besides loopback and its own interface
+    # (a DNS-rebinding guard); ["*"] answers to any.
+    admin_allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    # Let the admin API listen beyond loopback without TLS (an ssl: endpoint).
+    admin_insecure: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        kind, interface = admin_listener(self.admin)
+        if kind in ("tcp", "tcp6") and not _loopback(interface) and not self.admin_insecure:
+            raise SettingsError(
+                f"admin: {self.admin!r} listens beyond loopback without TLS; use an ssl: "
+                "endpoint, or set admin_insecure = true if something else protects it")
+
+    @property
+    def admin_hosts(self) -> frozenset[str]:
+        """Host header values the admin API accepts (lowercase, without the port)."""
+        _, interface = admin_listener(self.admin)
+        hosts = {"localhost", "127.0.0.1", "[::1]", *(h.lower() for h in self.admin_allowed_hosts)}
+        if interface:
+            hosts.add(f"[{interface}]" if ":" in interface else interface)
+        return frozenset(hosts)
 
     @property
     def backend_concurrency(self) -> int:
@@ -93,6 +131,23 @@ class Settings:
     @property
     def db_path(self) -> Path:
         return Path(self.data_dir) / "flm.sqlite3"
+
+
+def admin_listener(description: str) -> tuple[str, str]:
+    """(endpoint kind, interface) of a server endpoint description; '' = all interfaces."""
+    parts = re.split(r"(?<!\\):", description)
+    interface = ""
+    for part in parts[1:]:
+        if part.startswith("interface="):
+            interface = part[len("interface="):].replace("\\:", ":")
+    return parts[0].lower(), interface
+
+
+def _loopback(interface: str) -> bool:
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return interface == "localhost"
 
 
 _FIELDS = {f.name for f in attrs.fields(Settings)}

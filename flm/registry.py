@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from flm.admission import ApiGate, TokenBucket
+from flm.admission import ApiGate, FailedKeyLimiter, TokenBucket
 from flm.proxy.channel import GuardedSite
 from flm.proxy.errors import error_json as openai_error
 from flm.proxy.request import ProxyRequest
@@ -145,6 +145,7 @@ class Registry(Service):
         self.reactor = reactor
         self.clock = upstream.clock
         self.cache = ConfigCache(cache_size)
+        self.failed_keys = FailedKeyLimiter(self.clock)
         self.runtimes: dict[int, ApiRuntime] = {}
         self.site_limits = site_limits
         self.grace_period = grace_period

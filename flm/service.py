@@ -113,6 +113,7 @@ class FLMService(MultiService):
                                                    self.registry))
         site = AdminSite(self.admin.resource(), clock=reactor,
                          max_body=settings.admin_max_body_bytes, **limits)
+        site.allowed_hosts = settings.admin_hosts
 
         for child in (self.store, self.logbuffer, PoolService(pool, admin_pool), self.registry, self.pulls,
                       AdminService(admin_endpoint, site)):

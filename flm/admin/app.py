@@ -23,13 +23,30 @@ log = Logger()
 
 
 class AdminRequest(BoundedRequest):
+    def check_headers(self) -> None:
+        # A web page cannot reach a loopback admin API through DNS rebinding when only
+        # known host names are answered.
+        allowed = self.channel.site.allowed_hosts
+        host = (self.requestHeaders.getRawHeaders(b"host", [b""])[0]
+                .decode("latin-1").strip().lower())
+        if "*" not in allowed and _without_port(host) not in allowed:
+            self.refuse(421, self.channel.site.error_body(
+                421, "host_not_allowed", f"This admin API does not answer to Host {host[:100]!r}."))
+
     def too_large(self) -> tuple[int, bytes]:
         return 413, self.channel.site.error_body(
             413, "request_too_large", f"The body is over {self.channel.site.max_body} bytes.")
 
 
+def _without_port(host: str) -> str:
+    if host.startswith("["):
+        return host[:host.find("]") + 1] if "]" in host else host
+    return host.split(":")[0] if host.count(":") == 1 else host
+
+
 class AdminSite(GuardedSite):
     requestFactory = AdminRequest
+    allowed_hosts: frozenset[str] = frozenset({"*"})
 
     def error_body(self, status: int, code: str, message: str) -> bytes:
         return json.dumps({"error": {"code": code, "message": message}}).encode()

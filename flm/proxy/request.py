@@ -147,9 +147,18 @@ class ProxyRequest(BoundedRequest):
             # Not cached (a cold cache with more running APIs than it holds): the
             # resource loads it and checks the key once the body is in.
             return
+        guard = site.runtime.registry.failed_keys
+        address = getattr(self.client, "host", "")
+        wait = guard.blocked(address)
+        if wait:
+            self.refuse(*error_body("rate_limited", "Too many requests with a wrong key from "
+                                    f"this address; retry in {wait} s."),
+                        headers={b"retry-after": b"%d" % wait})
+            return
         token = keys.bearer_token(self.requestHeaders.getRawHeaders(b"authorization", [b""])[0])
         if keys.matches(token, config.key_hash):
             self.config = config
         else:
+            guard.failed(address)
             site.runtime.refused_keys += 1
             self.refuse(*INVALID_KEY, headers={b"www-authenticate": b"Bearer"})

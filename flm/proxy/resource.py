@@ -124,6 +124,7 @@ class ProxyResource(Resource):
             token = keys.bearer_token(
                 request.requestHeaders.getRawHeaders(b"authorization", [b""])[0])
             if not keys.matches(token, config.key_hash):
+                rt.registry.failed_keys.failed(getattr(request.client, "host", ""))
                 rt.refused_keys += 1
                 status, body = INVALID_KEY
                 request.setResponseCode(status)

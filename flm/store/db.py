@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Sequence
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from flm.store.migrations import migrate
@@ -74,9 +75,22 @@ class Store(Service):
 
     # lifecycle
 
+    checkpoint_interval_s = 300.0
+
     def startService(self) -> None:
         self.open()
         super().startService()
+        if self._reactor is not None:
+            self._checkpoints = LoopingCall(self._checkpoint)
+            self._checkpoints.clock = self._reactor
+            self._checkpoints.start(self.checkpoint_interval_s, now=False)
+
+    def _checkpoint(self) -> Deferred[Any]:
+        """Keep the WAL file small; a failure is logged, never fatal to the loop."""
+        def txn(c: Any) -> None:
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return self._read("wal_checkpoint", txn).addErrback(
+            lambda f: log.failure("WAL checkpoint failed", f))
 
     def open(self) -> None:
         """Migrate synchronously (start-up must not race the schema), then start the pool."""
@@ -97,8 +111,12 @@ class Store(Service):
             "sqlite3", str(self.path), cp_min=1, cp_max=1, check_same_thread=False,
             cp_openfun=_configure, **kw)
 
+    _checkpoints: LoopingCall | None = None
+
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self._checkpoints is not None and self._checkpoints.running:
+            self._checkpoints.stop()
         if self._pool is not None:
             self._pool.close()
             self._pool = None

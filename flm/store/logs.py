@@ -8,7 +8,7 @@ a page costs the same at row 10 and at row 5,000,000.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from flm.store.db import LOG_COLUMNS
 
@@ -83,10 +83,12 @@ async def logs_page(store: Any, api_id: int | None, limit: int, before_id: int |
     return items, (items[-1]["id"] if more else None)
 
 
-async def prune(store: Any, older_than: float, max_rows: int, batch: int = 2000) -> int:
+async def prune(store: Any, older_than: float, max_rows: int, batch: int = 2000,
+                keep_going: Callable[[], bool] = lambda: True) -> int:
     """Delete rows older than ``older_than`` (epoch s), then the oldest past ``max_rows``;
     also rollups older than ``older_than``. Each batch is its own short write transaction,
-    so log flushes and admin writes slip in between. Returns the log rows deleted."""
+    so log flushes and admin writes slip in between; ``keep_going() == False`` stops
+    after the batch under way. Returns the log rows deleted."""
     def by_age(c: Any) -> int:
         c.execute("DELETE FROM request_logs WHERE id IN (SELECT id FROM request_logs "
                   "WHERE created_at < ? LIMIT ?)", (older_than, batch))
@@ -96,8 +98,8 @@ async def prune(store: Any, older_than: float, max_rows: int, batch: int = 2000)
     while True:
         n = await store.run_write("prune_logs_by_age", by_age)
         deleted += n
-        if n < batch:
-            break
+        if n < batch or not keep_going():
+            return deleted
 
     def excess(c: Any) -> int:
         # max - min + 1 bounds the count from above and costs two index probes.
@@ -114,13 +116,14 @@ async def prune(store: Any, older_than: float, max_rows: int, batch: int = 2000)
         return int(c.rowcount)
 
     left = await store.run_read("prune_logs_count", excess)
-    while left > 0:
+    while left > 0 and keep_going():
         n = await store.run_write("prune_logs_by_count", oldest, min(batch, left))
         if n == 0:
             break
         deleted += n
         left -= n
-    await prune_metrics(store, older_than)
+    if keep_going():
+        await prune_metrics(store, older_than)
     return deleted
 
 

@@ -1,0 +1,196 @@
+"""What the admin API shows about traffic: logs, metrics, the process, Prometheus.
+
+Query parameters are checked here; every rejection is a 422 naming the parameter.
+Routes live in ``flm.admin.app``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+from prometheus_client import generate_latest
+
+from flm.admin.errors import AdminError
+from flm.admin.validation import invalid, page_limit
+from flm.store import logs, utc_iso
+
+DAY = 86400.0
+_LOG_PARAMS = {b"limit", b"cursor", b"status", b"since", b"until"}
+
+
+def encode_cursor(before_id: int) -> str:
+    return base64.urlsafe_b64encode(b"l%d" % before_id).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        if raw[:1] != b"l" or not raw[1:].isdigit() or len(raw) > 20:
+            raise ValueError
+        return int(raw[1:])
+    except (ValueError, binascii.Error):
+        raise invalid("cursor", "is not a cursor this server gave out") from None
+
+
+def parse_time(field: str, raw: str) -> float:
+    """ISO 8601 (no offset means UTC) or epoch seconds."""
+    try:
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError
+        return value
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(raw)
+    except ValueError:
+        raise invalid(field, "must be an ISO 8601 time such as 2024-05-01T12:00:00Z or "
+                             "epoch seconds") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def _arg(args: dict[bytes, list[bytes]], name: str) -> str | None:
+    values = args.get(name.encode())
+    if not values or not values[0]:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid(name, "is not valid UTF-8") from None
+
+
+def _range(args: dict[bytes, list[bytes]]) -> tuple[float | None, float | None]:
+    since, until = _arg(args, "since"), _arg(args, "until")
+    lo = parse_time("since", since) if since is not None else None
+    hi = parse_time("until", until) if until is not None else None
+    if lo is not None and hi is not None and hi <= lo:
+        raise invalid("until", "must be after since")
+    return lo, hi
+
+
+def _check_params(args: dict[bytes, list[bytes]], allowed: set[bytes]) -> None:
+    for name in args:
+        if name not in allowed:
+            raise AdminError(422, "unknown_field",
+                             f"{name.decode('utf-8', 'replace')[:64]}: unknown parameter")
+
+
+def log_item(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "created_at": utc_iso(row["created_at"])}
+
+
+class Observe:
+    """The operations behind the logs, metrics and system routes."""
+
+    def __init__(self, store: Any, *, metrics: Any, monitor: Any, registry: Any,
+                 logbuffer: Any, clock: Any) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.monitor = monitor
+        self.registry = registry
+        self.logbuffer = logbuffer
+        self.clock = clock
+
+    async def _api_id(self, field: str | None, ref: str) -> int:
+        api = await self.store.get_api(ref)
+        if api is None:
+            if field is not None:
+                raise invalid(field, f"no API with id or name {ref[:100]!r}")
+            raise AdminError(404, "not_found", f"No API with id or name {ref[:100]!r}.")
+        return int(api.id)
+
+    async def logs(self, ref: str | None, args: dict[bytes, list[bytes]]) -> dict[str, Any]:
+        """One page of ``ref``'s logs (all APIs', or ``?api=``'s, when ``ref`` is None)."""
+        _check_params(args, _LOG_PARAMS | ({b"api"} if ref is None else set()))
+        limit = page_limit(args)
+        cursor = _arg(args, "cursor")
+        before = decode_cursor(cursor) if cursor else None
+        status_raw = _arg(args, "status")
+        status = None
+        if status_raw is not None:
+            try:
+                status = logs.parse_status(status_raw)
+            except ValueError:
+                raise invalid("status", "must be a code such as 503 or a class such as "
+                                        "5xx") from None
+        since, until = _range(args)
+        api_ref = ref if ref is not None else _arg(args, "api")
+        api_id = None
+        if api_ref is not None:
+            api_id = await self._api_id(None if ref is not None else "api", api_ref)
+        items, next_id = await logs.logs_page(self.store, api_id, limit, before, status,
+                                              since, until)
+        return {"items": [log_item(r) for r in items],
+                "next_cursor": encode_cursor(next_id) if next_id is not None else None}
+
+    async def api_metrics(self, ref: str, args: dict[bytes, list[bytes]]) -> dict[str, Any]:
+        _check_params(args, {b"since", b"until"})
+        since, until = _range(args)
+        api_id = await self._api_id(None, ref)
+        if until is None:
+            until = self.clock.seconds() if since is None else max(since + 60,
+                                                                    self.clock.seconds())
+        if since is None:
+            since = until - DAY
+        if until <= since:
+            raise invalid("until", "must be after since")
+        bucket_s = logs.bucket_size(since, until)
+        rows = await logs.metrics_range(self.store, api_id, since, until, bucket_s)
+        merged = {r[0]: r for r in rows}
+        for m in self.metrics.pending(api_id, since, until) if self.metrics else ():
+            start = m[1] // bucket_s * bucket_s
+            have = merged.get(start)
+            if have is None:
+                merged[start] = [start, *m[2:]]
+                continue
+            for i in (1, 2, 3, 6, 7):
+                have[i] += m[i + 1]
+            for i in (4, 5):
+                have[i] = max((v for v in (have[i], m[i + 1]) if v is not None), default=None)
+        return {"bucket_s": bucket_s, "since": utc_iso(since), "until": utc_iso(until),
+                "buckets": [_bucket(r) for _, r in sorted(merged.items())]}
+
+    def system(self) -> dict[str, Any]:
+        sample = self.monitor.sample() if self.monitor else None
+        runtimes = list(self.registry.runtimes.values()) if self.registry else []
+        gate = self.registry.upstream.gate if self.registry else None
+        apis = {rt.config.name: {"id": rt.id, "in_flight": rt.in_flight,
+                                 "queue_depth": rt.gate.waiting,
+                                 "connections": len(rt.site.channels) if rt.site else 0}
+                for rt in runtimes}
+        return {
+            "rss_bytes": sample.rss_bytes if sample else None,
+            "memory_limit_bytes": self.monitor.memory_limit if self.monitor else None,
+            "cpu_percent": sample.cpu_percent if sample else None,
+            "threads": sample.threads if sample else None,
+            "uptime_s": round(self.monitor.uptime_s, 3) if self.monitor else None,
+            "running_apis": len(runtimes),
+            "open_connections": sum(a["connections"] for a in apis.values()),
+            "in_flight": sum(a["in_flight"] for a in apis.values()),
+            "queue_depth": {name: a["queue_depth"] for name, a in apis.items()},
+            "backend": {"in_use": gate.in_use if gate else 0,
+                        "waiting": gate.waiting if gate else 0,
+                        "limit": gate.limit if gate else 0},
+            "log_rows": {"buffered": len(self.logbuffer.rows), "written": self.logbuffer.written,
+                         "dropped": self.logbuffer.dropped},
+            "dropped_log_rows": self.logbuffer.dropped,
+            "apis": apis,
+        }
+
+    def prometheus(self) -> bytes:
+        return bytes(generate_latest(self.metrics.prometheus))
+
+
+def _bucket(r: list[Any]) -> dict[str, Any]:
+    start, count, errors, sum_ms, p95_ms, p95_ttfb, prompt, completion = r
+    return {"start": utc_iso(start), "request_count": count,
+            "error_rate": errors / count if count else 0.0,
+            "avg_response_ms": sum_ms / count if count else None,
+            "p95_response_ms": p95_ms, "p95_ttfb_ms": p95_ttfb,
+            "prompt_tokens": prompt, "completion_tokens": completion}

@@ -1,0 +1,256 @@
+"""Performance metrics: per-minute rollups into the store, and Prometheus collectors.
+
+:class:`Metrics` observes every log row as the proxy records it (a ``LogBuffer``
+observer): it keeps per-API, per-minute aggregates in memory and feeds Prometheus
+counters and histograms. A ``LoopingCall`` writes finished minutes to
+``performance_metrics`` every ``interval`` seconds; ``stopService`` writes the rest.
+Everything Prometheus sees lives in a private ``CollectorRegistry``, never the global one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Iterator, Sequence
+
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from flm.store import logs
+
+log = Logger()
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                   60.0, 120.0, 300.0)
+# Positions in a log row (ordered as flm.store.db.LOG_COLUMNS).
+_API, _AT, _STATUS, _TTFB, _RESPONSE, _PROMPT, _COMPLETION = 0, 1, 4, 6, 8, 12, 13
+
+
+def p95(values: Sequence[float]) -> float | None:
+    """Nearest-rank 95th percentile (a value that occurred); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+class Minute:
+    """One API's requests in one minute: exact counts, sums and the samples for p95."""
+
+    __slots__ = ("count", "errors", "sum_ms", "response_ms", "ttfb_ms", "prompt",
+                 "completion")
+
+    def __init__(self) -> None:
+        self.count = self.errors = self.prompt = self.completion = 0
+        self.sum_ms = 0.0
+        self.response_ms: list[float] = []
+        self.ttfb_ms: list[float] = []
+
+    def add(self, row: Sequence[Any]) -> None:
+        self.count += 1
+        if row[_STATUS] >= 500:
+            self.errors += 1
+        if row[_RESPONSE] is not None:
+            self.sum_ms += row[_RESPONSE]
+            self.response_ms.append(row[_RESPONSE])
+        if row[_TTFB] is not None:
+            self.ttfb_ms.append(row[_TTFB])
+        self.prompt += row[_PROMPT] or 0
+        self.completion += row[_COMPLETION] or 0
+
+    def merge(self, other: "Minute") -> None:
+        self.count += other.count
+        self.errors += other.errors
+        self.sum_ms += other.sum_ms
+        self.response_ms += other.response_ms
+        self.ttfb_ms += other.ttfb_ms
+        self.prompt += other.prompt
+        self.completion += other.completion
+
+    def row(self, api_id: int, start: int) -> list[Any]:
+        """Ordered as ``flm.store.logs.METRIC_COLUMNS``."""
+        return [api_id, start, self.count, self.errors, self.sum_ms, p95(self.response_ms),
+                p95(self.ttfb_ms), self.prompt, self.completion]
+
+
+class Metrics(Service):
+    """Per-minute rollups and the Prometheus registry; ``observe`` is the row observer."""
+
+    name = "metrics"
+
+    def __init__(self, store: Any, clock: IReactorTime, *, registry: Any = None,
+                 logbuffer: Any = None, interval: float = 60.0) -> None:
+        self._store = store
+        self._clock = clock
+        self.interval = interval
+        self.minutes: dict[tuple[int, int], Minute] = {}
+        self._rolling: Deferred[None] | None = None
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = clock
+        self.prometheus = CollectorRegistry(auto_describe=True)
+        r = self.prometheus
+        self._requests = Counter("flm_requests", "Requests that passed the key check, by "
+                                 "API id and status class.", ["api", "status_class"], registry=r)
+        self._latency = Histogram("flm_request_duration_seconds", "Arrival to last byte sent "
+                                  "to the client.", ["api"], buckets=LATENCY_BUCKETS, registry=r)
+        self._ttfb = Histogram("flm_time_to_first_byte_seconds", "Admitted to first byte from "
+                               "the backend.", ["api"], buckets=LATENCY_BUCKETS, registry=r)
+        self._prompt = Counter("flm_prompt_tokens", "Prompt tokens the backend reported.",
+                               ["api"], registry=r)
+        self._completion = Counter("flm_completion_tokens", "Completion tokens the backend "
+                                   "reported.", ["api"], registry=r)
+        self._children: dict[int, tuple[Any, ...]] = {}
+        r.register(RuntimeCollector(registry, logbuffer))
+
+    # observing rows (on the request path: cheap, and never raises)
+
+    def observe(self, row: Sequence[Any]) -> None:
+        try:
+            api_id = row[_API]
+            key = (api_id, int(row[_AT] // 60) * 60)
+            minute = self.minutes.get(key)
+            if minute is None:
+                minute = self.minutes[key] = Minute()
+            minute.add(row)
+            self._count(api_id, row)
+        except Exception:
+            log.failure("metrics could not count a log row")
+
+    def _count(self, api_id: int, row: Sequence[Any]) -> None:
+        children = self._children.get(api_id)
+        if children is None:
+            a = str(api_id)
+            children = self._children[api_id] = (
+                {}, self._latency.labels(a), self._ttfb.labels(a), self._prompt.labels(a),
+                self._completion.labels(a))
+        by_class, latency, ttfb, prompt, completion = children
+        cls = status_class(row[_STATUS])
+        counter = by_class.get(cls)
+        if counter is None:
+            counter = by_class[cls] = self._requests.labels(str(api_id), cls)
+        counter.inc()
+        if row[_RESPONSE] is not None:
+            latency.observe(row[_RESPONSE] / 1000.0)
+        if row[_TTFB] is not None:
+            ttfb.observe(row[_TTFB] / 1000.0)
+        if row[_PROMPT]:
+            prompt.inc(row[_PROMPT])
+        if row[_COMPLETION]:
+            completion.inc(row[_COMPLETION])
+
+    def pending(self, api_id: int, since: float, until: float) -> list[list[Any]]:
+        """Minutes not yet in the store, as rollup rows: fresh data for the metrics API."""
+        return [m.row(a, start) for (a, start), m in sorted(self.minutes.items())
+                if a == api_id and since // 60 * 60 <= start < until]
+
+    # rolling up
+
+    def rollup(self, final: bool = False) -> Deferred[None]:
+        """Write finished minutes (every minute when ``final``); one rollup at a time."""
+        if self._rolling is not None:
+            d: Deferred[None] = Deferred()
+            self._rolling.addBoth(lambda _: self.rollup(final).chainDeferred(d))
+            return d
+        self._rolling = Deferred.fromCoroutine(self._rollup(final))
+        return self._rolling
+
+    async def _rollup(self, final: bool) -> None:
+        try:
+            now = self._clock.seconds()
+            done = {k: m for k, m in self.minutes.items() if final or k[1] + 60 <= now}
+            for k in done:
+                del self.minutes[k]
+            if not done:
+                return
+            try:
+                await logs.upsert_metrics(self._store, [m.row(*k) for k, m in done.items()])
+            except BaseException:
+                # Nothing was written (one transaction): put the minutes back for next time.
+                for k, m in done.items():
+                    if k in self.minutes:
+                        m.merge(self.minutes[k])
+                    self.minutes[k] = m
+                raise
+        finally:
+            self._rolling = None
+
+    def _tick(self) -> Deferred[None]:
+        # The loop body never fails: one exception would stop the LoopingCall for good.
+        return self.rollup().addErrback(lambda f: log.failure("metrics rollup failed", f))
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        return Deferred.fromCoroutine(self._final())
+
+    async def _final(self) -> None:
+        for attempt in range(3):
+            try:
+                await self.rollup(final=True)
+                return
+            except CancelledError:
+                raise
+            except Exception as e:
+                log.error("final metrics rollup failed (attempt {n}): {e}", n=attempt + 1, e=e)
+
+
+class RuntimeCollector:
+    """Gauges read live at scrape time: in flight, queues, dropped rows, refused keys, RSS."""
+
+    def __init__(self, registry: Any, logbuffer: Any) -> None:
+        self._registry = registry
+        self._logbuffer = logbuffer
+        self._process = psutil.Process()
+
+    def describe(self) -> Iterable[Any]:
+        return []  # the families vary with the running APIs; collected at scrape time
+
+    def collect(self) -> Iterator[Any]:
+        runtimes = list(getattr(self._registry, "runtimes", {}).values())
+        info = GaugeMetricFamily("flm_api_info", "Running APIs: id, name and model.",
+                                 labels=["api", "name", "model"])
+        in_flight = GaugeMetricFamily("flm_in_flight", "Requests being served.",
+                                      labels=["api"])
+        queued = GaugeMetricFamily("flm_queue_depth", "Requests waiting for the API's slot.",
+                                   labels=["api"])
+        refused = CounterMetricFamily("flm_refused_keys", "Requests refused for a bad key "
+                                      "since the API started.", labels=["api"])
+        for rt in runtimes:
+            a = str(rt.id)
+            info.add_metric([a, rt.config.name, rt.config.model], 1)
+            in_flight.add_metric([a], rt.in_flight)
+            queued.add_metric([a], rt.gate.waiting)
+            refused.add_metric([a], rt.refused_keys)
+        yield from (info, in_flight, queued, refused)
+        gate = getattr(getattr(self._registry, "upstream", None), "gate", None)
+        if gate is not None:
+            yield GaugeMetricFamily("flm_backend_in_use", "Requests at the backend.",
+                                    value=gate.in_use)
+            yield GaugeMetricFamily("flm_backend_queue_depth", "Requests waiting for the "
+                                    "backend.", value=gate.waiting)
+        if self._logbuffer is not None:
+            yield CounterMetricFamily("flm_log_rows_dropped", "Log rows dropped because the "
+                                      "buffer was full.", value=self._logbuffer.dropped)
+            yield GaugeMetricFamily("flm_log_rows_buffered", "Log rows waiting to be written.",
+                                    value=len(self._logbuffer.rows))
+        with self._process.oneshot():
+            rss = self._process.memory_info().rss
+            cpu = self._process.cpu_times()
+        yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size in "
+                                "bytes.", value=rss)
+        yield CounterMetricFamily("process_cpu_seconds", "User and system CPU time spent in "
+                                  "seconds.", value=cpu.user + cpu.system)
