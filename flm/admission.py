@@ -36,6 +36,16 @@ class _Semaphore(DeferredSemaphore):
         self.limit = limit
         self._wake()
 
+    def acquire(self) -> Deferred[Any]:
+        # DeferredSemaphore's asserts tokens >= 0 and admits at once on negative tokens.
+        d: Deferred[Any] = Deferred(canceller=self._cancelAcquire)
+        if self.tokens > 0:
+            self.tokens -= 1
+            d.callback(self)
+        else:
+            self.waiting.append(d)
+        return d
+
     def release(self) -> None:
         self.tokens += 1
         self._wake()

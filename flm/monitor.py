@@ -59,6 +59,9 @@ class Monitor(Service):
         self.over_limit = over
         return self.last
 
+    def rss_now(self) -> int:
+        return int(self._process.memory_info().rss)
+
     @property
     def uptime_s(self) -> float:
         return self._clock.seconds() - self.started_at

@@ -15,6 +15,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from flm.admission import ApiGate, FailedKeyLimiter, TokenBucket
+from flm.models import same_model
 from flm.proxy.channel import GuardedSite
 from flm.proxy.errors import error_json as openai_error
 from flm.proxy.request import ProxyRequest
@@ -219,7 +220,7 @@ class Registry(Service):
         await self.start(config)
 
     def uses_model(self, name: str) -> bool:
-        return any(rt.config.model == name for rt in self.runtimes.values())
+        return any(same_model(rt.config.model, name) for rt in self.runtimes.values())
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -8,7 +8,7 @@ from typing import Any
 from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
@@ -16,14 +16,18 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from flm import keys
 from flm.admin.apis import Apis
 from flm.admin.app import AdminApp, AdminSite
+from flm.admin.observe import Observe
 from flm.admission import BackendGate
 from flm.backends import make_backend
 from flm.config import Settings
 from flm.health import BackendProbe, Health
 from flm.logbuffer import LogBuffer
+from flm.metrics import Metrics
 from flm.models import ModelCache, PullJobs
+from flm.monitor import Monitor
 from flm.proxy.resource import Upstream
 from flm.registry import Registry
+from flm.retention import Retention
 from flm.store import Store
 
 log = Logger()
@@ -108,16 +112,43 @@ class FLMService(MultiService):
         admin_endpoint = serverFromString(reactor, settings.admin)
         apis = Apis(self.store, self.registry, self.models, api_host=settings.api_host,
                     first_port=settings.first_port, reserved_ports=_ports_of(settings.admin))
+        self.metrics = Metrics(self.store, reactor, registry=self.registry,
+                               logbuffer=self.logbuffer)
+        self.logbuffer.observers.append(self.metrics.observe)
+        self.monitor = Monitor(reactor, interval=settings.monitor_interval_s,
+                               memory_limit=settings.memory_limit)
+        self.retention = Retention(self.store, reactor,
+                                   retention_days=settings.log_retention_days,
+                                   max_rows=settings.log_max_rows)
+        observe = Observe(self.store, metrics=self.metrics, monitor=self.monitor,
+                          registry=self.registry, logbuffer=self.logbuffer, clock=reactor)
         self.admin = AdminApp(token=token, apis=apis, health=health,
                               models=_models_admin(self.models, self.pulls, self.backend,
-                                                   self.registry))
+                                                   self.registry), observe=observe)
         site = AdminSite(self.admin.resource(), clock=reactor,
                          max_body=settings.admin_max_body_bytes, **limits)
         site.allowed_hosts = settings.admin_hosts
 
-        for child in (self.store, self.logbuffer, PoolService(pool, admin_pool), self.registry, self.pulls,
+        # Stopped one at a time in reverse (see stopService): the admin port closes first,
+        # then API ports drain, then log rows and metric rollups are written, then the store.
+        for child in (self.store, self.metrics, self.logbuffer, PoolService(pool, admin_pool),
+                      self.registry, self.pulls, self.monitor, self.retention,
                       AdminService(admin_endpoint, site)):
             child.setServiceParent(self)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop children one at a time, last added first (``MultiService`` would stop them
+        all at once, closing the store under the final log flush); a failing child is
+        logged and the rest still stop."""
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("stopping {name} failed", name=getattr(child, "name", child))
 
 
 def _models_admin(models: ModelCache, pulls: PullJobs, backend: Any, registry: Registry) -> Any:

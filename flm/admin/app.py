@@ -7,6 +7,7 @@ import json
 from typing import Any, Awaitable, Callable
 
 from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -64,11 +65,12 @@ class AdminApp:
     app = Klein()
 
     def __init__(self, *, token: str, apis: Apis, health: Callable[[], Awaitable[tuple[int, dict]]],
-                 models: Any = None) -> None:
+                 models: Any = None, observe: Any = None) -> None:
         self._token = token.encode()
         self.apis = apis
         self._health = health
         self._models = models
+        self._observe = observe
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -161,9 +163,44 @@ class AdminApp:
         self._auth(request)
         return shield(self._json(request, 200, self.apis.rotate_key(ref)))
 
-    @app.route("/api/models", branch=True)
+    @app.route("/api/models", branch=True, strict_slashes=False)
     def models(self, request: Any) -> Any:
         self._auth(request)
         if self._models is None:
             raise AdminError(404, "not_found", "Model management is not available.")
         return self._models
+
+    # logs, metrics, system (flm.admin.observe)
+
+    def _observing(self, request: Any) -> Any:
+        self._auth(request)
+        if self._observe is None:
+            raise AdminError(404, "not_found", "Observability is not available.")
+        return self._observe
+
+    @app.route("/api/apis/<ref>/logs", methods=["GET"])
+    async def api_logs(self, request: Any, ref: str) -> bytes:
+        observe = self._observing(request)
+        return json_body(request, 200, await observe.logs(ref, request.args))
+
+    @app.route("/api/logs", methods=["GET"])
+    async def all_logs(self, request: Any) -> bytes:
+        observe = self._observing(request)
+        return json_body(request, 200, await observe.logs(None, request.args))
+
+    @app.route("/api/apis/<ref>/metrics", methods=["GET"])
+    async def api_metrics(self, request: Any, ref: str) -> bytes:
+        observe = self._observing(request)
+        return json_body(request, 200, await observe.api_metrics(ref, request.args))
+
+    @app.route("/api/system", methods=["GET"])
+    def system(self, request: Any) -> bytes:
+        return json_body(request, 200, self._observing(request).system())
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request: Any) -> bytes:
+        if self._observe is None:
+            raise AdminError(404, "not_found", "Metrics are not available.")
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return self._observe.prometheus()

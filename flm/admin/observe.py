@@ -157,7 +157,7 @@ class Observe:
                 "buckets": [_bucket(r) for _, r in sorted(merged.items())]}
 
     def system(self) -> dict[str, Any]:
-        sample = self.monitor.sample() if self.monitor else None
+        sample = (self.monitor.last or self.monitor.sample()) if self.monitor else None
         runtimes = list(self.registry.runtimes.values()) if self.registry else []
         gate = self.registry.upstream.gate if self.registry else None
         apis = {rt.config.name: {"id": rt.id, "in_flight": rt.in_flight,
@@ -165,9 +165,10 @@ class Observe:
                                  "connections": len(rt.site.channels) if rt.site else 0}
                 for rt in runtimes}
         return {
-            "rss_bytes": sample.rss_bytes if sample else None,
+            "rss_bytes": self.monitor.rss_now() if self.monitor else None,
             "memory_limit_bytes": self.monitor.memory_limit if self.monitor else None,
             "cpu_percent": sample.cpu_percent if sample else None,
+            "sampled_at": utc_iso(sample.at) if sample else None,
             "threads": sample.threads if sample else None,
             "uptime_s": round(self.monitor.uptime_s, 3) if self.monitor else None,
             "running_apis": len(runtimes),

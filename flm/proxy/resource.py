@@ -9,6 +9,7 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IAgent, IBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -31,6 +32,13 @@ ROUTES: dict[bytes, tuple[bool, bool]] = {
     b"/api/generate": (True, False),
     b"/api/embed": (False, False),
 }
+
+
+def _timed_out(result: Any, timeout: float) -> Any:
+    """Agent wraps a cancellation (``ResponseNeverReceived``...): still a timeout."""
+    if isinstance(result, Failure):
+        return Failure(TimeoutError(f"no answer in {timeout:g} s"))
+    return result
 
 
 def _reject_constant(name: str) -> None:
@@ -243,7 +251,7 @@ class ProxyResource(Resource):
                                   upstream_headers(request.requestHeaders, request.request_id),
                                   _BytesBody(body))
         try:
-            response = await d.addTimeout(config.upstream_timeout_s, clock)
+            response = await d.addTimeout(config.upstream_timeout_s, clock, _timed_out)
         except TimeoutError:
             raise self._fail(request, "backend_timeout", "The backend did not answer in "
                              f"{config.upstream_timeout_s:g} s.") from None
