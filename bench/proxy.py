@@ -231,11 +231,11 @@ def py_spy(pid: int, port: int, script: Path, seconds: float, out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="FLM proxy benchmark (direct vs bare proxy vs FLM)")
     p.add_argument("--quick", action="store_true", help="2 s runs, 1 repetition, 100 TTFB requests")
-    p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (default 5)")
-    p.add_argument("--reps", type=int, default=3, help="repetitions per cell; medians are printed (default 3)")
-    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--duration", type=float, help="seconds per wrk run (default 5, quick 2)")
+    p.add_argument("--reps", type=int, help="repetitions per cell; medians are printed (default 3, quick 1)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of c=50 warm-up per target and mode")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50])
-    p.add_argument("--ttfb-n", type=int, default=300, help="streaming requests per target for TTFB")
+    p.add_argument("--ttfb-n", type=int, help="streaming requests per target for TTFB (default 300, quick 100)")
     p.add_argument("--chunk-delay-ms", type=float, default=2.0, help="gap between SSE events in the TTFB run")
     p.add_argument("--backend-max-concurrent", type=int, default=64)
     p.add_argument("--config", help="TOML config passed to FLM with --config")
@@ -245,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--py-spy", metavar="FILE", help="also sample FLM with py-spy at c=50 into FILE")
     p.add_argument("--keep-logs", action="store_true", help="keep the process logs (path printed)")
     args = p.parse_args(argv)
-    if args.quick:
-        args.duration, args.reps, args.ttfb_n, args.warmup = 2.0, 1, 100, 1.0
+    for name, full, quick in (("duration", 5.0, 2.0), ("reps", 3, 1), ("ttfb_n", 300, 100)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
     targets = TARGETS[:2] if args.without_flm else TARGETS
     try:
         loadgen.wrk_path()

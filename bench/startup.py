@@ -35,7 +35,7 @@ def seed(logdir: Path, data_dir: Path, backend_port: int, n_apis: int, n_running
         flm.wait_healthy(timeout=60)
         ports = harness.free_ports(n_apis)
         running: dict[str, int] = {}
-        key = None
+        key, key_port = None, None
         t0 = time.perf_counter()
         for i in range(n_apis):
             start = i < n_running
@@ -43,13 +43,14 @@ def seed(logdir: Path, data_dir: Path, backend_port: int, n_apis: int, n_running
                                  max_concurrent=4, max_queue=64)
             if start:
                 running[api["id"]] = api["port"]
-                key = key or api["key"]
+                if key is None:
+                    key, key_port = api["key"], api["port"]
         create_s = time.perf_counter() - t0
         status, listing = flm.admin("GET", "/api/apis?status=running&limit=500")
         if status != 200 or listing.get("total") != n_running:
             raise BenchError(f"expected {n_running} running APIs, GET /api/apis?status=running -> {status} {listing}")
-        return {"running_ports": sorted(running.values()), "key": key, "create_s": create_s,
-                "first_port": ports[0]}
+        return {"running_ports": sorted(running.values()), "key": key, "key_port": key_port,
+                "create_s": create_s}
     finally:
         stop_s = flm.stop()
         print(f"  seeded {n_apis} APIs ({n_running} running); stop took {stop_s:.2f} s", flush=True)
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.runs):
                 base.append(one_start(logdir, empty_dir, backend_port, [], f"flm-empty-{i + 1}"))
         print(f"  latency: {args.requests} requests each, FLM vs backend direct ...", flush=True)
-        lat = latency(logdir, data_dir, backend_port, ports[0], seeded["key"], args.requests)
+        lat = latency(logdir, data_dir, backend_port, seeded["key_port"], seeded["key"], args.requests)
 
         med = {k: median([r[k] for r in runs]) for k in ("health_s", "ready_s", "stop_s")}
         print()

@@ -158,10 +158,10 @@ class TokenBucket:
         rate = self.rpm / 60.0
         self._tokens = min(float(self.rpm), self._tokens + (now - self._at) * rate)
         self._at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= 1.0 - 1e-9:  # float error must not refuse who waited Retry-After
+            self._tokens = max(0.0, self._tokens - 1.0)
             return
-        wait = math.ceil((1.0 - self._tokens) / rate)
+        wait = math.ceil((1.0 - self._tokens) / rate - 1e-9)
         raise Refused("rate_limited", max(1, wait),
                       f"Rate limit of {self.rpm} requests per minute reached; "
                       f"retry in {max(1, wait)} s.")

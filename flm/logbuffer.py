@@ -62,8 +62,10 @@ class LogBuffer(Service):
             return d
         if not self.rows:
             return succeed(None)
-        self._flushing = Deferred.fromCoroutine(self._flush())
-        return self._flushing
+        d = Deferred.fromCoroutine(self._flush())
+        if not d.called:  # a store that answered at once has already cleared the flag
+            self._flushing = d
+        return d
 
     async def _flush(self) -> None:
         try:

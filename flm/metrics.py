@@ -1,8 +1,8 @@
 """Performance metrics: per-minute rollups into the store, and Prometheus collectors.
 
 :class:`Metrics` observes every log row as the proxy records it (a ``LogBuffer``
-observer): it keeps per-API, per-minute aggregates in memory and feeds Prometheus
-counters and histograms. A ``LoopingCall`` writes finished minutes to
+observer): it keeps per-API, per-minute aggregates in memory (by arrival time) and feeds
+Prometheus counters and histograms. A ``LoopingCall`` writes settled minutes to
 ``performance_metrics`` every ``interval`` seconds; ``stopService`` writes the rest.
 Everything Prometheus sees lives in a private ``CollectorRegistry``, never the global one.
 """
@@ -88,10 +88,12 @@ class Metrics(Service):
     name = "metrics"
 
     def __init__(self, store: Any, clock: IReactorTime, *, registry: Any = None,
-                 logbuffer: Any = None, interval: float = 60.0) -> None:
+                 logbuffer: Any = None, interval: float = 60.0, settle_s: float = 60.0
+                 ) -> None:
         self._store = store
         self._clock = clock
         self.interval = interval
+        self.settle_s = settle_s
         self.minutes: dict[tuple[int, int], Minute] = {}
         self._rolling: Deferred[None] | None = None
         self._loop = LoopingCall(self._tick)
@@ -155,33 +157,37 @@ class Metrics(Service):
     # rolling up
 
     def rollup(self, final: bool = False) -> Deferred[None]:
-        """Write finished minutes (every minute when ``final``); one rollup at a time."""
+        """Write minutes over for ``settle_s`` (every minute when ``final``); one rollup at
+        a time. Rows are recorded when requests end, so a minute waits for its stragglers;
+        one later still is added to the stored minute (counts add, p95 keeps the higher)."""
         if self._rolling is not None:
             d: Deferred[None] = Deferred()
             self._rolling.addBoth(lambda _: self.rollup(final).chainDeferred(d))
             return d
-        self._rolling = Deferred.fromCoroutine(self._rollup(final))
-        return self._rolling
+        d = self._rolling = Deferred.fromCoroutine(self._rollup(final))
+
+        def done(result: Any) -> Any:
+            if self._rolling is d:
+                self._rolling = None
+            return result
+        return d.addBoth(done)  # also when the store answered at once
 
     async def _rollup(self, final: bool) -> None:
+        now = self._clock.seconds()
+        done = {k: m for k, m in self.minutes.items() if final or k[1] + 60 + self.settle_s <= now}
+        for k in done:
+            del self.minutes[k]
+        if not done:
+            return
         try:
-            now = self._clock.seconds()
-            done = {k: m for k, m in self.minutes.items() if final or k[1] + 60 <= now}
-            for k in done:
-                del self.minutes[k]
-            if not done:
-                return
-            try:
-                await logs.upsert_metrics(self._store, [m.row(*k) for k, m in done.items()])
-            except BaseException:
-                # Nothing was written (one transaction): put the minutes back for next time.
-                for k, m in done.items():
-                    if k in self.minutes:
-                        m.merge(self.minutes[k])
-                    self.minutes[k] = m
-                raise
-        finally:
-            self._rolling = None
+            await logs.upsert_metrics(self._store, [m.row(*k) for k, m in done.items()])
+        except BaseException:
+            # Nothing was written (one transaction): put the minutes back for next time.
+            for k, m in done.items():
+                if k in self.minutes:
+                    m.merge(self.minutes[k])
+                self.minutes[k] = m
+            raise
 
     def _tick(self) -> Deferred[None]:
         # The loop body never fails: one exception would stop the LoopingCall for good.

@@ -46,15 +46,15 @@ class Retention(Service):
                                               self.batch, lambda: not self._stopping))
 
         def done(result: Any) -> Any:
-            self._running = None
+            if self._running is d:
+                self._running = None
             if isinstance(result, int):
                 self.deleted += result
                 if result:
                     log.info("retention: deleted {n} request log rows", n=result)
             return result
-        d.addBoth(done)
         self._running = d
-        return d
+        return d.addBoth(done)  # clears _running, also when the store answered at once
 
     def _tick(self) -> Deferred[Any]:
         # The loop body never fails: one exception would stop the LoopingCall for good.

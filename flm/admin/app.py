@@ -7,7 +7,6 @@ import json
 from typing import Any, Awaitable, Callable
 
 from klein import Klein
-from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -16,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from flm import keys
 from flm.admin.apis import Apis
 from flm.admin.errors import AdminError, error, json_body
+from flm.admin.observe import PROMETHEUS_CONTENT_TYPE
 from flm.admin.validation import page_limit, parse_json
 from flm.proxy.channel import GuardedSite
 from flm.proxy.request import BoundedRequest
@@ -201,6 +201,6 @@ class AdminApp:
     def prometheus(self, request: Any) -> bytes:
         if self._observe is None:
             raise AdminError(404, "not_found", "Metrics are not available.")
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        request.setHeader(b"content-type", PROMETHEUS_CONTENT_TYPE)
         request.setHeader(b"cache-control", b"no-store")
         return self._observe.prometheus()

@@ -12,13 +12,16 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from prometheus_client import generate_latest
+from prometheus_client import exposition, generate_latest
 
 from flm.admin.errors import AdminError
 from flm.admin.validation import invalid, page_limit
 from flm.store import logs, utc_iso
 
 DAY = 86400.0
+# generate_latest writes the classic text format, version 0.0.4.
+PROMETHEUS_CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4",
+                                  "text/plain; version=0.0.4; charset=utf-8").encode()
 _LOG_PARAMS = {b"limit", b"cursor", b"status", b"since", b"until"}
 
 

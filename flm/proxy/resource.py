@@ -281,10 +281,12 @@ class ProxyResource(Resource):
             error = "client_closed" if request._disconnected else relay.error
             if not request._disconnected:
                 self._cut(request, error)
-        timing.first_byte = relay.first_byte_at or clock.seconds()
-        timing.last_byte = clock.seconds()
-        timing.bytes_out = relay.bytes_out
-        timing.prompt_tokens, timing.completion_tokens = usage_from_tail(relay.tail)
+        finally:
+            # Also for a client that hung up: the row says what it was sent.
+            timing.first_byte = relay.first_byte_at
+            timing.last_byte = clock.seconds()
+            timing.bytes_out = relay.bytes_out
+            timing.prompt_tokens, timing.completion_tokens = usage_from_tail(relay.tail)
         if not request._disconnected and not request.finished:
             request.finish()
         return response.code, error

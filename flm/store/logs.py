@@ -41,16 +41,18 @@ def _where(api_id: int | None, status: tuple[int, int | None] | None, before_id:
         clauses.append("status / 100 = ?")
         args.append(status[0])
         if status[1] is not None:
-            clauses.append("status = ?")
+            clauses.append("+status = ?")  # '+': walk the class index, not (api_id, id)
             args.append(status[1])
     if before_id is not None:
         clauses.append("id < ?")
         args.append(before_id)
+    # '+created_at': never the created_at index, whose order would need a sort of the
+    # whole window; pages walk ids downward and filter on time.
     if since is not None:
-        clauses.append("created_at >= ?")
+        clauses.append("+created_at >= ?")
         args.append(since)
     if until is not None:
-        clauses.append("created_at < ?")
+        clauses.append("+created_at < ?")
         args.append(until)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
@@ -98,8 +100,10 @@ async def prune(store: Any, older_than: float, max_rows: int, batch: int = 2000,
     while True:
         n = await store.run_write("prune_logs_by_age", by_age)
         deleted += n
-        if n < batch or not keep_going():
+        if not keep_going():
             return deleted
+        if n < batch:
+            break
 
     def excess(c: Any) -> int:
         # max - min + 1 bounds the count from above and costs two index probes.
@@ -179,11 +183,15 @@ def bucket_size(since: float, until: float) -> int:
 def metrics_sql(api_id: int, since: float, until: float, bucket_s: int
                 ) -> tuple[str, list[Any]]:
     """The statement of :func:`metrics_range` (also for ``EXPLAIN QUERY PLAN``)."""
+    where = "WHERE api_id = ? AND bucket_start >= ? AND bucket_start < ?"
+    args = [api_id, int(since) // 60 * 60, until]
+    if bucket_s == 60:  # the stored minutes as they are, in primary-key order: no sort
+        return (f"SELECT {', '.join(METRIC_COLUMNS[1:])} FROM performance_metrics {where} "
+                "ORDER BY bucket_start", args)
     return ("SELECT bucket_start / ? * ? AS b, sum(request_count), sum(error_count), "
             "sum(sum_response_ms), max(p95_response_ms), max(p95_ttfb_ms), "
-            "sum(prompt_tokens), sum(completion_tokens) FROM performance_metrics "
-            "WHERE api_id = ? AND bucket_start >= ? AND bucket_start < ? GROUP BY b ORDER BY b",
-            [bucket_s, bucket_s, api_id, int(since) // 60 * 60, until])
+            f"sum(prompt_tokens), sum(completion_tokens) FROM performance_metrics {where} "
+            "GROUP BY b ORDER BY b", [bucket_s, bucket_s, *args])
 
 
 async def metrics_range(store: Any, api_id: int, since: float, until: float,

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -56,6 +57,38 @@ def port_open(port: int) -> bool:
         return False
 
 
+class Background:
+    """Run ``call`` in a thread; ``result()`` joins (bounded) and returns or re-raises."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self.value = call()
+            except BaseException as e:  # noqa: BLE001 - handed to the test thread
+                self.error = e
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def result(self, timeout: float = 15) -> Any:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "a background request did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def twistd_command() -> list[str]:
     script = Path(sys.executable).with_name("twistd")
     if script.exists():
@@ -66,8 +99,13 @@ def twistd_command() -> list[str]:
 class Gateway:
     """One ``twistd -n flm`` process: start, stop, restart, and talk to its admin API."""
 
-    def __init__(self, tmp: Path, fake: FakeProcess, token: str | None = None) -> None:
+    def __init__(
+        self, tmp: Path, fake: FakeProcess, token: str | None = None,
+        settings: dict[str, Any] | None = None, args: tuple[str, ...] = (),
+    ) -> None:
         self.tmp = tmp
+        self.settings = settings or {}
+        self.args = args
         self.fake = fake
         self.data_dir = tmp / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -81,12 +119,18 @@ class Gateway:
         self.keys: list[str] = []
 
     def command(self) -> list[str]:
-        return twistd_command() + [
+        command = twistd_command() + [
             "-n", "--pidfile=", "flm",
             "--data-dir", str(self.data_dir),
             "--admin", f"tcp:{self.admin_port}:interface=127.0.0.1",
             "--backend", self.fake.url,
+            *self.args,
         ]
+        if self.settings:
+            config = self.tmp / "flm.toml"
+            config.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in self.settings.items()))
+            command += ["--config", str(config)]
+        return command
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FLM_", "OLLAMA_", "OPENAI_"))}
@@ -207,14 +251,29 @@ def gateway(_session_gateway: Gateway, fake: FakeProcess) -> Gateway:
 
 
 @pytest.fixture
-def fresh_gateway(tmp_path: Path) -> Iterator[Gateway]:
-    """A gateway (and fake) of this test alone: free to stop, restart or break."""
-    fake = FakeProcess(str(tmp_path / "fake.log")).start()
-    gw = Gateway(tmp_path, fake)
-    try:
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    """``make(settings={...}, args=(...))``: a started gateway (and fake) of this test alone."""
+    made: list[Gateway] = []
+
+    def make(settings: dict[str, Any] | None = None, args: tuple[str, ...] = ()) -> Gateway:
+        tmp = tmp_path / f"gw{len(made)}"
+        tmp.mkdir()
+        fake = FakeProcess(str(tmp / "fake.log")).start()
+        gw = Gateway(tmp, fake, settings=settings, args=args)
+        made.append(gw)
         gw.start()
-        yield gw
+        return gw
+
+    try:
+        yield make
     finally:
-        gw.kill()
-        gw.http.close()
-        fake.stop()
+        for gw in made:
+            gw.kill()
+            gw.http.close()
+            gw.fake.stop()
+
+
+@pytest.fixture
+def fresh_gateway(gateway_factory: Callable[..., Gateway]) -> Gateway:
+    """A gateway (and fake) of this test alone: free to stop, restart or break."""
+    return gateway_factory()

@@ -104,6 +104,41 @@ def test_backend_down_is_502(gateway: Gateway, fake: FakeProcess) -> None:
     assert time.monotonic() - started < 5
     response = post(api, "/api/chat", json={**CHAT, "stream": True})
     assert_openai_error(response, 502, "backend_unavailable")
+    health = wait_for(lambda: (h := httpx.get(f"{gateway.admin_url}/health", timeout=5)).status_code == 503 and h,
+                      5, "/health to report the backend down")
+    assert health.json()["status"] == "degraded" and health.json()["backend"]["reachable"] is False
+
+
+def test_backend_dying_mid_stream_is_not_passed_off_as_complete(gateway: Gateway, fake: FakeProcess) -> None:
+    api = gateway.create_api()
+    fail = {"X-Fake-Fail": "die_midstream", "X-Fake-Chunks": "6"}
+    sse = post(api, "/v1/chat/completions", json={**CHAT, "stream": True}, headers=fail)
+    assert sse.status_code == 200
+    events = [line for line in sse.text.splitlines() if line]
+    assert len([e for e in events if e.startswith("data: {\"id\"")]) == 3, events
+    assert "data: [DONE]" not in events and any("error" in e for e in events[-2:]), events[-2:]
+    lines: list[str] = []
+    with pytest.raises(httpx.HTTPError):
+        with httpx.stream("POST", api_url(api) + "/api/chat", json={**CHAT, "stream": True}, timeout=10,
+                          headers={"Authorization": f"Bearer {api['key']}", **fail}) as response:
+            lines.extend(line for line in response.iter_lines() if line)
+    assert len(lines) == 3 and '"done":true' not in lines[-1], lines
+
+
+def test_upstream_silence_mid_stream_is_cut_after_upstream_timeout(gateway: Gateway, fake: FakeProcess) -> None:
+    api = gateway.create_api(upstream_timeout_s=1)
+    started = time.monotonic()
+    lines: list[str] = []
+    with pytest.raises(httpx.HTTPError):
+        with httpx.stream("POST", api_url(api) + "/api/chat", json={**CHAT, "stream": True}, timeout=10,
+                          headers={"Authorization": f"Bearer {api['key']}", "X-Fake-Fail": "stall_midstream",
+                                   "X-Fake-Chunks": "6"}) as response:
+            lines.extend(line for line in response.iter_lines() if line)
+    assert len(lines) == 3 and 0.9 <= time.monotonic() - started < 4
+    wait_for(lambda: (s := fake.stats())["cancelled"] == 1 and s["in_flight"] == 0, 5, "the stalled upstream cancelled")
+    # A slow stream whose chunks come more often than the timeout is not cut.
+    slow = post(api, "/api/chat", json={**CHAT, "stream": True}, headers={"X-Fake-Chunks": "5", "X-Fake-Interval": "0.4"})
+    assert slow.status_code == 200 and '"done":true' in slow.text.splitlines()[-1]
 
 
 @pytest.mark.parametrize("fail", ["reset", "garbage"])

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import signal
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from tests.e2e.conftest import Gateway, api_url, port_open, wait_for
+from tests.e2e.conftest import Background, Gateway, api_url, port_open, wait_for
 
+# twistd ends by re-raising the signal it stopped on, so a clean SIGTERM exit is -15.
+CLEAN_EXIT = (0, -signal.SIGTERM)
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def chat(api: dict[str, Any], key: str | None = None, **extra: Any) -> httpx.Response:
+def chat(api: dict[str, Any], key: str | None = None, headers: dict[str, str] | None = None,
+         **extra: Any) -> httpx.Response:
     return httpx.post(
         f"{api_url(api)}/v1/chat/completions", json={**CHAT, **extra},
-        headers={"Authorization": f"Bearer {key or api['key']}"}, timeout=10,
+        headers={"Authorization": f"Bearer {key or api['key']}", **(headers or {})}, timeout=10,
     )
 
 
@@ -26,7 +32,7 @@ def test_restart_restores_running_apis(fresh_gateway: Gateway) -> None:
     wait_for(lambda: not port_open(stopped["port"]), 5, "the stopped API's port to close")
     assert chat(running).status_code == 200
 
-    assert gw.stop() == 0, gw.output()[-2000:]
+    assert gw.stop() in CLEAN_EXIT, gw.output()[-2000:]
     assert not port_open(running["port"])
     gw.start()
 
@@ -49,9 +55,10 @@ def test_keys_never_stored_or_logged(fresh_gateway: Gateway) -> None:
     assert new_key != api["key"]
     assert chat(api, key=api["key"]).status_code == 401
     assert chat(api, key=new_key).status_code == 200
-    logs = gw.admin("GET", f"/api/apis/{api['id']}/logs").json()
-    assert logs["items"], logs
-    assert gw.stop() == 0
+    # Log rows are buffered (flushed every second by default): wait until they are written.
+    logs = wait_for(lambda: (r := gw.admin("GET", f"/api/apis/{api['id']}/logs").json())["items"] and r,
+                    5, "the log rows to be flushed")
+    assert gw.stop() in CLEAN_EXIT
 
     files = sorted(p for p in gw.data_dir.iterdir() if p.name.startswith("flm.sqlite3"))
     assert gw.data_dir / "flm.sqlite3" in files, sorted(gw.data_dir.iterdir())
@@ -108,3 +115,41 @@ def test_admin_malformed_json_is_400(gateway: Gateway) -> None:
         assert response.status_code == 400, (body, response.text)
         error = response.json()["error"]
         assert error["code"] and error["message"] and "Traceback" not in response.text
+
+
+def test_sigterm_finishes_short_requests_cuts_long_ones_and_keeps_every_row(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    gw = gateway_factory(settings={"grace_period_s": 1.0}, args=("--backend-max-concurrent", "4"))
+    api = gw.create_api(max_concurrent=4)
+    for i in range(5):
+        assert chat(api, headers={"X-Request-Id": f"before-{i}"}).status_code == 200
+
+    def long_stream() -> tuple[int, str | None]:
+        lines, error = 0, None
+        headers = {"Authorization": f"Bearer {api['key']}", "X-Request-Id": "long-stream",
+                   "X-Fake-Chunks": "60", "X-Fake-Interval": "0.1"}
+        try:
+            with httpx.stream("POST", f"{api_url(api)}/api/generate", json={"model": "m", "prompt": "hi"},
+                              headers=headers, timeout=10) as response:
+                for line in response.iter_lines():
+                    lines += bool(line)
+        except httpx.HTTPError as e:
+            error = type(e).__name__
+        return lines, error
+
+    stream = Background(long_stream)
+    short = Background(lambda: chat(api, headers={"X-Request-Id": "short", "X-Fake-Delay": "0.4"}))
+    wait_for(lambda: gw.fake.stats()["in_flight"] == 2, 5, "both requests at the fake")
+    started = time.monotonic()
+    assert gw.stop() in CLEAN_EXIT
+    assert time.monotonic() - started < 1.0 + 3, "the grace period was not kept"
+    assert short.result().status_code == 200, "a request shorter than the grace period was cut"
+    lines, _ = stream.result()
+    assert 1 <= lines < 60, lines
+    wait_for(lambda: gw.fake.stats()["in_flight"] == 0, 5, "the cut stream to be cancelled upstream")
+
+    gw.start()
+    rows = gw.admin("GET", f"/api/apis/{api['id']}/logs?limit=100").json()["items"]
+    ids = {row["request_id"] for row in rows}
+    assert ids >= {f"before-{i}" for i in range(5)} | {"short", "long-stream"}, ids

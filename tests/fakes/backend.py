@@ -53,6 +53,7 @@ WORDS = ("Hello", " from", " the", " fake", " model", ".")
 EMBED_DIM = 8
 PULL_LAYERS = (2_000_000, 7_000, 485)
 PULL_STEPS = 4
+DIE_AFTER = 0.05  # abortConnection drops unsent bytes: give the written chunks time to leave
 FAILS = ("garbage", "reset", "stall", "stall_midstream", "die_midstream")
 
 
@@ -168,7 +169,9 @@ class Reply:
         pieces: list[bytes] | None = None,
         tail: bytes = b"",
         interval: float = 0.0,
+        on_tail: Callable[[], None] | None = None,
     ) -> None:
+        self.on_tail = on_tail
         self.status = status
         self.content_type = content_type
         self.body = body
@@ -384,10 +387,8 @@ def ollama_pull(state: FakeState, body: dict[str, Any]) -> Reply:
             return ollama_error(500, final["error"])
         on_done()
         return Reply(body=dumps(final))
-    reply = Reply(content_type=b"application/x-ndjson", pieces=[ndjson(x) for x in lines],
-                  tail=ndjson(final), interval=interval)
-    reply.on_tail = on_done  # type: ignore[attr-defined]
-    return reply
+    return Reply(content_type=b"application/x-ndjson", pieces=[ndjson(x) for x in lines],
+                 tail=ndjson(final), interval=interval, on_tail=on_done)
 
 
 def ollama_tags(state: FakeState) -> Reply:
@@ -558,9 +559,8 @@ class Exchange:
                 i += 1
             if i >= stop:
                 if finish:
-                    on_tail = getattr(reply, "on_tail", None)
-                    if on_tail is not None:
-                        on_tail()
+                    if reply.on_tail is not None:
+                        reply.on_tail()
                     if reply.tail:
                         self.request.write(reply.tail)
                     self.request.finish()
@@ -588,7 +588,13 @@ class Exchange:
         self.stream(reply, 0, sent, finish=False)
 
     def after_midstream(self) -> None:
+        """Stall (nothing more, ever) or die: abort once what was written has left."""
         if self.die:
+            self.pending = self.clock.callLater(DIE_AFTER, self.abort)
+
+    def abort(self) -> None:
+        self.pending = None
+        if not self.finished:
             self.self_aborted = True
             self.request.channel.transport.abortConnection()
 

@@ -1,0 +1,89 @@
+"""Retention: by age and by row count, in small write transactions, on a timer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from flm.retention import Retention
+from flm.store import Store, logs
+from tests.test_logs_api import T0, log_row
+
+
+class PruneTests(TestCase):
+    def setUp(self) -> None:
+        self.store = Store(Path(self.mktemp()) / "flm.sqlite3")
+        self.store.startService()
+        self.addCleanup(self.store.stopService)
+        self.writes: list[int] = []
+        real = self.store.run_write
+
+        def counting(name: str, fn: Any, *args: Any) -> Any:
+            d = real(name, fn, *args)
+            if name.startswith("prune_logs"):
+                d.addCallback(lambda n: self.writes.append(n) or n)
+            return d
+        self.store.run_write = counting  # type: ignore[method-assign]
+
+    async def ids(self) -> list[int]:
+        rows = await self.store.run_read("t", lambda c: c.execute(
+            "SELECT id FROM request_logs ORDER BY id").fetchall())
+        return [r[0] for r in rows]
+
+    async def test_prune_by_age_in_batches(self) -> None:
+        # 25 old rows, interleaved by id with 10 new ones (arrival order != id order)
+        rows = [log_row(1, T0 - 86400 * 40 + i) for i in range(25)]
+        rows[5:5] = [log_row(1, T0 - 60 + i) for i in range(10)]
+        await self.store.insert_logs(rows, {})
+        deleted = await logs.prune(self.store, T0 - 86400 * 30, max_rows=1000, batch=10)
+        self.assertEqual(deleted, 25)
+        self.assertEqual(await self.ids(), list(range(6, 16)))
+        self.assertEqual(self.writes, [10, 10, 5])  # every transaction deletes <= batch
+
+    async def test_prune_by_row_count_keeps_the_newest(self) -> None:
+        await self.store.insert_logs([log_row(1 + i % 2, T0 + i) for i in range(50)], {})
+        deleted = await logs.prune(self.store, T0 - 86400, max_rows=12, batch=7)
+        self.assertEqual(deleted, 38)
+        self.assertEqual(await self.ids(), list(range(39, 51)))
+        self.assertTrue(all(n <= 7 for n in self.writes), self.writes)
+        self.assertEqual(await logs.prune(self.store, T0 - 86400, max_rows=12, batch=7), 0)
+
+    async def test_old_rollups_go_too(self) -> None:
+        await logs.upsert_metrics(self.store, [
+            [1, int(T0 - 86400 * 40) // 60 * 60, 1, 0, 1.0, 1.0, 1.0, 0, 0],
+            [1, int(T0) // 60 * 60, 2, 0, 2.0, 1.0, 1.0, 0, 0],
+            [2, int(T0 - 86400 * 40) // 60 * 60, 3, 0, 3.0, 1.0, 1.0, 0, 0]])
+        await logs.prune(self.store, T0 - 86400 * 30, max_rows=10)
+        left = await self.store.run_read("t", lambda c: c.execute(
+            "SELECT api_id, request_count FROM performance_metrics").fetchall())
+        self.assertEqual(left, [(1, 2)])
+
+    async def test_stop_ends_pruning_after_the_batch_under_way(self) -> None:
+        await self.store.insert_logs([log_row(1, T0 - 86400 * 40 + i) for i in range(30)], {})
+        clock = Clock()
+        clock.advance(T0)
+        retention = Retention(self.store, clock, retention_days=30, max_rows=1000,
+                              interval=600, batch=10)
+        retention.startService()  # prunes at once
+        await retention.stopService()
+        self.assertLess(len(self.writes), 3)
+        self.assertFalse(retention._loop.running)
+
+    async def test_periodic_task(self) -> None:
+        clock = Clock()
+        clock.advance(T0)
+        retention = Retention(self.store, clock, retention_days=1, max_rows=1000,
+                              interval=600, batch=10)
+        retention.startService()
+        self.addCleanup(retention.stopService)
+        await retention.prune()
+        self.assertEqual(retention.deleted, 0)
+        await self.store.insert_logs([log_row(1, T0 - 86400 + 300 + i) for i in range(5)]
+                                     + [log_row(1, T0)], {})
+        clock.advance(600)  # 5 rows are now older than a day
+        await retention._running if retention._running else None
+        self.assertEqual(retention.deleted, 5)
+        self.assertEqual(len(await self.ids()), 1)
