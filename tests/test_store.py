@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,10 @@ class Clock:
 
 class StoreTests(TestCase):
     def setUp(self) -> None:
-        self.path = Path(self.mktemp()) / "flm.sqlite3"
+        # Not self.mktemp(): outside trial's runner it writes under the current directory.
+        data = Path(tempfile.mkdtemp(prefix="flm-test-store-"))
+        self.addCleanup(shutil.rmtree, data, True)
+        self.path = data / "flm.sqlite3"
         self.clock = Clock()
         self.store = Store(self.path, now=self.clock)
         self.store.startService()

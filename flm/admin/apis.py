@@ -19,9 +19,12 @@ def encode_cursor(last_id: int) -> str:
 def decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        if raw[:1] != b"a" or not raw[1:].isdigit():
+        if raw[:1] != b"a" or not raw[1:].isdigit() or len(raw) > 20:
             raise ValueError
-        return int(raw[1:])
+        last_id = int(raw[1:])
+        if last_id >= 2**63:  # past SQLite's integers: an OverflowError, not a 422
+            raise ValueError
+        return last_id
     except ValueError:
         raise invalid("cursor", "is not a cursor this server gave out") from None
 

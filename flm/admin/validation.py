@@ -10,7 +10,7 @@ from typing import Any, Callable
 from flm.admin.errors import AdminError
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
-MODEL = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
+MODEL = re.compile(r"^[^\x00-\x1f\x7f\ud800-\udfff]{1,200}$")  # no lone surrogates: unstorable
 STATUSES = ("running", "stopped", "error")
 
 # The API fields a client may set, with their defaults on create.
@@ -61,6 +61,8 @@ def _pattern(regex: re.Pattern[str], what: str) -> Callable[[str, Any], Any]:
 
 def _host(field: str, value: Any) -> Any:
     try:
+        if not isinstance(value, str):  # ip_address(5) is 0.0.0.5
+            raise TypeError
         return str(ipaddress.ip_address(value))
     except (TypeError, ValueError):
         raise invalid(field, "must be an IP address such as 127.0.0.1 or ::1") from None
@@ -134,6 +136,6 @@ def page_limit(args: dict[bytes, list[bytes]], default: int = 50, most: int = 50
     raw = args.get(b"limit", [b""])[0]
     if not raw:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= most:
+    if not raw.isdigit() or len(raw) > 6 or not 1 <= int(raw) <= most:
         raise invalid("limit", f"must be an integer from 1 to {most}")
     return int(raw)

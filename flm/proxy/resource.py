@@ -147,7 +147,9 @@ class ProxyResource(Resource):
         except _Done as done:
             status, error = done.status, done.error
         except CancelledError:
-            status, error = 499, "client_closed"
+            # The client hung up: the status it was sent, or nginx's 499 if none was.
+            status = request.code if request.startedWriting else 499
+            error = "client_closed"
         finally:
             rt.in_flight -= 1
         now = self.up.clock.seconds()
