@@ -25,12 +25,13 @@ class LogBuffer(Service):
     name = "logbuffer"
 
     def __init__(self, store: Any, clock: IReactorTime, *, interval: float = 1.0,
-                 batch_rows: int = 500, max_rows: int = 50_000) -> None:
+                 batch_rows: int = 500, max_rows: int = 50_000, enabled: bool = True) -> None:
         self._store = store
         self._clock = clock
         self.interval = interval
         self.batch_rows = batch_rows
         self.max_rows = max_rows
+        self.enabled = enabled  # False: metrics still see every row, none is stored
         self.rows: list[Row] = []
         self.dropped = 0
         self.written = 0
@@ -43,6 +44,8 @@ class LogBuffer(Service):
     def record(self, row: Row) -> None:
         for observe in self.observers:
             observe(row)
+        if not self.enabled:
+            return
         if len(self.rows) >= self.max_rows:
             self.dropped += 1
             return

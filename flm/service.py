@@ -82,7 +82,8 @@ class FLMService(MultiService):
         self.store = Store(settings.db_path, reactor=reactor)
         self.logbuffer = LogBuffer(self.store, reactor, interval=settings.log_flush_interval_s,
                                    batch_rows=settings.log_batch_rows,
-                                   max_rows=settings.log_buffer_max_rows)
+                                   max_rows=settings.log_buffer_max_rows,
+                                   enabled=settings.request_log)
         pool = quiet_pool(reactor, max(16, settings.backend_concurrency * 2))
         admin_pool = quiet_pool(reactor, 4)
         agent = Agent(reactor, connectTimeout=settings.connect_timeout_s, pool=pool)
