@@ -7,7 +7,7 @@ from collections import OrderedDict
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
@@ -198,7 +198,7 @@ class Registry(Service):
 
     async def _close(self, runtime: ApiRuntime) -> None:
         if runtime.listener is not None:
-            await runtime.listener.stopListening()
+            await maybeDeferred(runtime.listener.stopListening)
         for channel in list(runtime.site.channels if runtime.site else ()):
             channel.persistent = False
             if not channel.requests:

@@ -16,6 +16,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from flm import keys
 from flm.admin.apis import Apis
 from flm.admin.app import AdminApp, AdminSite
+from flm.admin.models import ModelsAdmin
 from flm.admin.observe import Observe
 from flm.admission import BackendGate
 from flm.backends import make_backend
@@ -153,7 +154,6 @@ class FLMService(MultiService):
 
 
 def _models_admin(models: ModelCache, pulls: PullJobs, backend: Any, registry: Registry) -> Any:
-    from flm.admin.models import ModelsAdmin
     return ModelsAdmin(models, pulls, backend, registry.uses_model).app.resource()
 
 

@@ -18,20 +18,29 @@ class Options(usage.Options):
         ["backend", "b", None, "Model server URL [default: http://127.0.0.1:11434]."],
         ["backend-kind", "k", None, "ollama or openai [default: ollama]."],
         ["backend-max-concurrent", "m", None, "Requests at the backend at once, across all "
-                                              "APIs [default: 1 for ollama, 4 for openai].",
-         int],
+                                              "APIs [default: 1 for ollama, 4 for openai]."],
     ]
 
     def postOptions(self) -> None:
         cli = {
             "data_dir": self["data-dir"], "admin": self["admin"], "backend": self["backend"],
             "backend_kind": self["backend-kind"],
-            "backend_max_concurrent": self["backend-max-concurrent"],
+            "backend_max_concurrent": _integer("backend-max-concurrent",
+                                               self["backend-max-concurrent"]),
         }
         try:
             self["settings"] = load_settings(cli, self["config"])
         except SettingsError as e:
             raise usage.UsageError(str(e)) from None
+
+
+def _integer(option: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise usage.UsageError(f"--{option}: must be a whole number, got {value!r}") from None
 
 
 def makeService(options: Options, reactor: Any = None) -> Any:

@@ -43,6 +43,13 @@ CONTRACT_FIELDS = {
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
+def free_port() -> int:
+    """A port nothing listens on right now (other programs share this machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class InlineReactor(MemoryReactorClock):
     """Thread hops happen at once; chosen ports can be made to fail to listen."""
 
@@ -229,7 +236,8 @@ class CreateTests(AdminTestCase):
         self.assertGreater(self.create("other")["port"], body["port"])
 
     def test_every_field_given(self) -> None:
-        body = self.create(port=FIRST_PORT + 50, max_concurrent=4, max_queue=0,
+        port = free_port()
+        body = self.create(port=port, max_concurrent=4, max_queue=0,
                            queue_timeout_s=1.5, upstream_timeout_s=30, rate_limit_rpm=120,
                            priority=-3, allow_unknown_model=True, model="not-pulled",
                            start=False, host="127.0.0.1")
@@ -237,7 +245,7 @@ class CreateTests(AdminTestCase):
                           body["queue_timeout_s"], body["upstream_timeout_s"],
                           body["rate_limit_rpm"], body["priority"], body["allow_unknown_model"],
                           body["model"], body["status"]),
-                         (FIRST_PORT + 50, 4, 0, 1.5, 30, 120, -3, True, "not-pulled",
+                         (port, 4, 0, 1.5, 30, 120, -3, True, "not-pulled",
                           "stopped"))
         self.assertEqual(self.reactor.listening(), [])
 
@@ -275,8 +283,9 @@ class CreateTests(AdminTestCase):
                           409, "port_taken", "port")
 
     def test_busy_port_at_start_sets_error(self) -> None:
-        self.reactor.busy_ports.add(FIRST_PORT + 7)
-        body = self.create(port=FIRST_PORT + 7)
+        port = free_port()
+        self.reactor.busy_ports.add(port)
+        body = self.create(port=port)
         self.assertEqual(body["status"], "error")
         self.assertIn("cannot listen", body["status_reason"])
         self.assert_error(self.call("POST", f"/api/apis/{body['id']}/start"), 409, "port_taken")
@@ -401,7 +410,7 @@ class ListTests(AdminTestCase):
 
     def test_default_limit_is_50(self) -> None:
         for n in range(51):
-            self.create(f"api{n}", start=False, port=FIRST_PORT + 100 + n)
+            self.create(f"api{n}", start=False)
         page = self.call("GET", "/api/apis")[1]
         self.assertEqual((len(page["items"]), page["total"]), (50, 51))
         self.assertIsNotNone(page["next_cursor"])

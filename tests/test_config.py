@@ -99,10 +99,10 @@ def test_toml_values_are_read(tmp_path: Path) -> None:
 
 def test_command_line_wins_over_toml(tmp_path: Path) -> None:
     s = load(tmp_path, 'backend = "http://from-file:1"\ndata_dir = "/file"\n'
-                       'backend_max_concurrent = 2\nadmin = "tcp:1"\n',
+                       'backend_max_concurrent = 2\nadmin = "tcp:1:interface=127.0.0.1"\n',
              data_dir="/cli", backend="http://from-cli:2", backend_max_concurrent=3)
     assert s == Settings(data_dir="/cli", backend="http://from-cli:2",
-                         backend_max_concurrent=3, admin="tcp:1")
+                         backend_max_concurrent=3, admin="tcp:1:interface=127.0.0.1")
 
 
 def test_cli_none_means_not_given(tmp_path: Path) -> None:
