@@ -45,6 +45,7 @@ class Child:
         self.proc = subprocess.Popen(argv, stdout=self._fh, stderr=subprocess.STDOUT, env=full_env,
                                      cwd=str(cwd or REPO), stdin=subprocess.DEVNULL)
         self.pid = self.proc.pid
+        self.returncode: int | None = None
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -78,6 +79,7 @@ class Child:
                 self.proc.kill()
                 self.proc.wait(5)
         self._fh.close()
+        self.returncode = self.proc.returncode
         return time.perf_counter() - t0
 
 

@@ -86,8 +86,8 @@ def measure(args: argparse.Namespace, targets: tuple[str, ...], ports: dict[str,
             pids: dict[str, int], lua: dict[tuple[str, bool], Path]) -> dict[str, Any]:
     procs = {name: psutil.Process(pid) for name, pid in pids.items()}
     results: dict[str, Any] = {}
-    for stream in (False, True):
-        mode = "stream" if stream else "nonstream"
+    for mode in args.modes:
+        stream = mode == "stream"
         results[mode] = {}
         for name in targets:  # warm-up: connections, pools, caches
             loadgen.run_wrk(ports[name], lua[(name, stream)], 50, args.warmup)
@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, help="repetitions per cell; medians are printed (default 3, quick 1)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of c=50 warm-up per target and mode")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50])
+    p.add_argument("--modes", nargs="+", choices=("nonstream", "stream"), default=["nonstream", "stream"])
     p.add_argument("--ttfb-n", type=int, help="streaming requests per target for TTFB (default 300, quick 100)")
     p.add_argument("--chunk-delay-ms", type=float, default=2.0, help="gap between SSE events in the TTFB run")
     p.add_argument("--backend-max-concurrent", type=int, default=64)
@@ -284,8 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FLM pid {flm.pid}, API port {ports['flm']}; FLM response headers: {shown}")
         print(f"{args.reps} x {args.duration:g} s per cell, wrk -t1; medians", flush=True)
         results = measure(args, targets, ports, pids, lua)
-        print("measuring streaming TTFB ...", flush=True)
-        ttfb = measure_ttfb(args, targets, ports, keys)
+        ttfb: dict[str, Any] = {}
+        if "stream" in args.modes:
+            print("measuring streaming TTFB ...", flush=True)
+            ttfb = measure_ttfb(args, targets, ports, keys)
         log_ok, spy_note = None, None
         if flm is not None:
             status, logs = flm.admin("GET", f"/api/apis/{api['id']}/logs?limit=1")

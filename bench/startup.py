@@ -71,7 +71,8 @@ def one_start(logdir: Path, data_dir: Path, backend_port: int, ports: list[int],
         ready_s = time.perf_counter() - flm.child.started
     finally:
         stop_s = flm.stop()
-    return {"health_s": health_s, "ready_s": ready_s, "stop_s": stop_s}
+    return {"health_s": health_s, "ready_s": ready_s, "stop_s": stop_s,
+            "exit_code": flm.child.returncode}
 
 
 def latency(logdir: Path, data_dir: Path, backend_port: int, api_port: int, key: str, n: int) -> dict[str, Any]:
@@ -125,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             r = one_start(logdir, data_dir, backend_port, ports, f"flm-start-{i + 1}")
             runs.append(r)
             print(f"  start {i + 1}: /health 200 after {r['health_s']:.3f} s, "
-                  f"{len(ports)} API ports accepting after {r['ready_s']:.3f} s; stop {r['stop_s']:.3f} s", flush=True)
+                  f"{len(ports)} API ports accepting after {r['ready_s']:.3f} s; "
+                  f"SIGTERM -> exit {r['exit_code']} in {r['stop_s']:.3f} s", flush=True)
         base = []
         if not args.no_baseline:
             for i in range(args.runs):

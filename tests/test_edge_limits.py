@@ -97,7 +97,9 @@ def parse_responses(data: bytes) -> tuple[list[tuple[int, dict[bytes, bytes], by
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             headers[name.strip().lower()] = value.strip()
-        if 100 <= status < 200 or status in (204, 304):
+        # No body for 1xx, 204, 304, or (what this parser cannot know) an answer to HEAD,
+        # which a following status line gives away.
+        if 100 <= status < 200 or status in (204, 304) or rest.startswith(b"HTTP/1.1 "):
             out.append((status, headers, b""))
             data = rest
             continue
@@ -496,3 +498,18 @@ class EdgeLimitTests(SynchronousTestCase):
         responses, _ = self.h.exchange(self.h.api_site, request(key="flm-no"), peer="10.0.0.9")
         openai_error(responses[0], 429, "rate_limited")
         self.assertEqual(int(responses[0][1][b"retry-after"]), 30)
+
+    def test_admin_path_that_is_not_utf8_is_a_json_400_without_a_traceback(self) -> None:
+        """Klein answered text/html 'Non-UTF-8 encoding in URL.' and logged a traceback."""
+        from twisted.logger import globalLogPublisher
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        for path in (b"/api/apis/%ff", b"/nope%c3"):
+            responses, _ = self.h.exchange(self.h.admin_site, request(
+                b"GET", path, key=ADMIN_TOKEN, body=b"", host=b"localhost"))
+            admin_error(responses[0], 400, "bad_request")
+        self.assertEqual([e for e in logged if e.get("log_failure") or e.get("isError")], [])
+        responses, _ = self.h.exchange(self.h.admin_site, request(
+            b"GET", b"/health?q=%ff", key=None, body=b"", host=b"localhost"))
+        self.assertEqual([r[0] for r in responses], [200])

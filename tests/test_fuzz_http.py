@@ -186,6 +186,7 @@ class FuzzHttpTests(SynchronousTestCase):
         return h
 
     def run_connection(self, h: Harness, site: Any, pieces: list[bytes]) -> None:
+        del self.failures[:]
         channel, transport = h.connect(site)
         for piece in pieces:
             if transport.lost:

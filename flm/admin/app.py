@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 from typing import Any, Awaitable, Callable
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -33,6 +34,13 @@ class AdminRequest(BoundedRequest):
         if "*" not in allowed and _without_port(host) not in allowed:
             self.refuse(421, self.channel.site.error_body(
                 421, "host_not_allowed", f"This admin API does not answer to Host {host[:100]!r}."))
+            return
+        try:  # Klein would answer a text/html 400 and log a traceback
+            unquote_to_bytes(self.channel._path.split(b"?", 1)[0]).decode("utf-8")
+            host.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            self.refuse(400, self.channel.site.error_body(
+                400, "bad_request", "The path or Host is not UTF-8 once percent-decoded."))
 
     def too_large(self) -> tuple[int, bytes]:
         return 413, self.channel.site.error_body(
@@ -96,6 +104,9 @@ class AdminApp:
     def _http_error(self, request: Any, failure: Failure) -> bytes:
         e = failure.value
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.code, "bad_request")
+        if getattr(e, "new_url", None):  # werkzeug's redirect to the path with merged slashes
+            request.setHeader(b"location", e.new_url.encode("utf-8"))
+            code = "moved"
         return error(request, e.code, code, e.description or e.name)
 
     @app.handle_errors(Exception)
