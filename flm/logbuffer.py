@@ -10,25 +10,25 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
+
+from flm.periodic import PeriodicService
 
 log = Logger()
 
 Row = Sequence[Any]  # ordered as flm.store.db.LOG_COLUMNS
 
 
-class LogBuffer(Service):
+class LogBuffer(PeriodicService):
     name = "logbuffer"
 
     def __init__(self, store: Any, clock: IReactorTime, *, interval: float = 1.0,
                  batch_rows: int = 500, max_rows: int = 50_000, enabled: bool = True) -> None:
+        super().__init__(clock, interval)
         self._store = store
-        self._clock = clock
-        self.interval = interval
         self.batch_rows = batch_rows
         self.max_rows = max_rows
         self.enabled = enabled  # False: metrics still see every row, none is stored
@@ -38,8 +38,6 @@ class LogBuffer(Service):
         self.last_error: str | None = None
         self.observers: list[Callable[[Row], None]] = []
         self._flushing: Deferred[None] | None = None
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = clock
 
     def record(self, row: Row) -> None:
         for observe in self.observers:
@@ -96,22 +94,11 @@ class LogBuffer(Service):
         finally:
             self._flushing = None
 
-    def _tick(self) -> Deferred[None]:
-        # The loop body never fails: one exception would stop the LoopingCall for good.
-        return self.flush().addErrback(lambda f: log.failure("log flush failed", f))
+    def tick(self) -> Deferred[None]:
+        return self.flush()
 
-    def startService(self) -> None:
-        super().startService()
-        self._loop.start(self.interval, now=False)
-
-    def stopService(self) -> Deferred[None]:
-        """Stop the timer, wait for the flush under way, then write everything left."""
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
-        return Deferred.fromCoroutine(self._final_flush())
-
-    async def _final_flush(self) -> None:
+    async def final(self) -> None:
+        """Write everything left, retrying a few times (the store closes after us)."""
         for _ in range(5):
             await self.flush()
             if not self.rows:

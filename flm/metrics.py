@@ -15,12 +15,11 @@ from typing import Any, Iterable, Iterator, Sequence
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from flm.periodic import PeriodicService
 from flm.store import logs
 
 log = Logger()
@@ -82,7 +81,7 @@ class Minute:
                 p95(self.ttfb_ms), self.prompt, self.completion]
 
 
-class Metrics(Service):
+class Metrics(PeriodicService):
     """Per-minute rollups and the Prometheus registry; ``observe`` is the row observer."""
 
     name = "metrics"
@@ -90,14 +89,11 @@ class Metrics(Service):
     def __init__(self, store: Any, clock: IReactorTime, *, registry: Any = None,
                  logbuffer: Any = None, interval: float = 60.0, settle_s: float = 60.0
                  ) -> None:
+        super().__init__(clock, interval)
         self._store = store
-        self._clock = clock
-        self.interval = interval
         self.settle_s = settle_s
         self.minutes: dict[tuple[int, int], Minute] = {}
         self._rolling: Deferred[None] | None = None
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = clock
         self.prometheus = CollectorRegistry(auto_describe=True)
         r = self.prometheus
         self._requests = Counter("flm_requests", "Requests that passed the key check, by "
@@ -189,21 +185,10 @@ class Metrics(Service):
                 self.minutes[k] = m
             raise
 
-    def _tick(self) -> Deferred[None]:
-        # The loop body never fails: one exception would stop the LoopingCall for good.
-        return self.rollup().addErrback(lambda f: log.failure("metrics rollup failed", f))
+    def tick(self) -> Deferred[None]:
+        return self.rollup()
 
-    def startService(self) -> None:
-        super().startService()
-        self._loop.start(self.interval, now=False)
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
-        return Deferred.fromCoroutine(self._final())
-
-    async def _final(self) -> None:
+    async def final(self) -> None:
         for attempt in range(3):
             try:
                 await self.rollup(final=True)

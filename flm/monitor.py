@@ -10,10 +10,10 @@ from typing import Any
 
 import attrs
 import psutil
-from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from flm.periodic import PeriodicService
 
 log = Logger()
 
@@ -26,20 +26,18 @@ class Sample:
     threads: int
 
 
-class Monitor(Service):
+class Monitor(PeriodicService):
     name = "monitor"
+    run_at_start = True
 
     def __init__(self, clock: IReactorTime, *, interval: float = 60.0,
                  memory_limit: int = 2 * 1024**3, process: Any = None) -> None:
-        self._clock = clock
-        self.interval = interval
+        super().__init__(clock, interval)
         self.memory_limit = memory_limit
         self._process = process if process is not None else psutil.Process()
         self.started_at = clock.seconds()
         self.last: Sample | None = None
         self.over_limit = False
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = clock
         self._process.cpu_percent(None)  # the first call only starts the measurement
 
     def sample(self) -> Sample:
@@ -66,19 +64,9 @@ class Monitor(Service):
     def uptime_s(self) -> float:
         return self._clock.seconds() - self.started_at
 
-    def _tick(self) -> None:
-        # The loop body never fails: one exception would stop the LoopingCall for good.
-        try:
-            self.sample()
-        except Exception:
-            log.failure("reading process memory and CPU failed")
+    def tick(self) -> None:
+        self.sample()
 
     def startService(self) -> None:
-        super().startService()
         self.started_at = self._clock.seconds()
-        self._loop.start(self.interval, now=True)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
+        super().startService()

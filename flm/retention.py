@@ -9,33 +9,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from flm.periodic import PeriodicService
 from flm.store import logs
 
 log = Logger()
 
 
-class Retention(Service):
+class Retention(PeriodicService):
+    run_at_start = True
     name = "retention"
 
     def __init__(self, store: Any, clock: IReactorTime, *, retention_days: float,
                  max_rows: int, interval: float = 600.0, batch: int = 2000) -> None:
+        super().__init__(clock, interval)
         self._store = store
-        self._clock = clock
         self.retention_s = retention_days * 86400.0
         self.max_rows = max_rows
-        self.interval = interval
         self.batch = batch
         self.deleted = 0
         self._running: Deferred[int] | None = None
         self._stopping = False
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = clock
 
     def prune(self) -> Deferred[int]:
         """Prune now (or join the pruning under way); fires with the rows deleted."""
@@ -56,24 +53,14 @@ class Retention(Service):
         self._running = d
         return d.addBoth(done)  # clears _running, also when the store answered at once
 
-    def _tick(self) -> Deferred[Any]:
-        # The loop body never fails: one exception would stop the LoopingCall for good.
-        return self.prune().addErrback(lambda f: log.failure("pruning request logs failed", f))
+    def tick(self) -> Deferred[int]:
+        return self.prune()
 
     def startService(self) -> None:
-        super().startService()
         self._stopping = False
-        self._loop.start(self.interval, now=True)
+        super().startService()
 
-    def stopService(self) -> Deferred[Any]:
-        """Stop the timer and wait for the batch under way; pruning stops after it."""
-        super().stopService()
+    def stopService(self) -> Deferred[None]:
+        """Pruning stops after the batch under way, which stop waits for."""
         self._stopping = True
-        if self._loop.running:
-            self._loop.stop()
-        running = self._running
-        if running is None:
-            return succeed(None)
-        result: Deferred[Any] = Deferred()
-        running.addBoth(lambda r: result.callback(None) or r)
-        return result
+        return super().stopService()

@@ -30,6 +30,7 @@ from flm.proxy.resource import Upstream
 from flm.registry import Registry
 from flm.retention import Retention
 from flm.store import Store
+from flm.store.db import WalCheckpoints
 
 log = Logger()
 
@@ -133,7 +134,8 @@ class FLMService(MultiService):
 
         # Stopped one at a time in reverse (see stopService): the admin port closes first,
         # then API ports drain, then log rows and metric rollups are written, then the store.
-        for child in (self.store, self.metrics, self.logbuffer, PoolService(pool, admin_pool),
+        for child in (self.store, WalCheckpoints(self.store, reactor), self.metrics,
+                      self.logbuffer, PoolService(pool, admin_pool),
                       self.registry, self.pulls, self.monitor, self.retention,
                       AdminService(admin_endpoint, site)):
             child.setServiceParent(self)

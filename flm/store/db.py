@@ -14,9 +14,9 @@ from typing import Any, Callable, Iterable, Sequence
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from flm.periodic import PeriodicService
 from flm.store.migrations import migrate
 from flm.store.records import API_FIELDS, ApiRecord, utc_iso
 
@@ -75,22 +75,15 @@ class Store(Service):
 
     # lifecycle
 
-    checkpoint_interval_s = 300.0
-
     def startService(self) -> None:
         self.open()
         super().startService()
-        if self._reactor is not None:
-            self._checkpoints = LoopingCall(self._checkpoint)
-            self._checkpoints.clock = self._reactor
-            self._checkpoints.start(self.checkpoint_interval_s, now=False)
 
-    def _checkpoint(self) -> Deferred[Any]:
-        """Keep the WAL file small; a failure is logged, never fatal to the loop."""
+    def checkpoint(self) -> Deferred[Any]:
+        """Move the WAL into the database and truncate it, so it stays small."""
         def txn(c: Any) -> None:
             c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return self._read("wal_checkpoint", txn).addErrback(
-            lambda f: log.failure("WAL checkpoint failed", f))
+        return self._read("wal_checkpoint", txn)
 
     def open(self) -> None:
         """Migrate synchronously (start-up must not race the schema), then start the pool."""
@@ -111,12 +104,8 @@ class Store(Service):
             "sqlite3", str(self.path), cp_min=1, cp_max=1, check_same_thread=False,
             cp_openfun=_configure, **kw)
 
-    _checkpoints: LoopingCall | None = None
-
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self._checkpoints is not None and self._checkpoints.running:
-            self._checkpoints.stop()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -247,3 +236,16 @@ class Store(Service):
     def run_write(self, name: str, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """A named write interaction inside ``BEGIN IMMEDIATE``."""
         return self._write(name, fn, *args)
+
+
+class WalCheckpoints(PeriodicService):
+    """Checkpoints the store's WAL every few minutes."""
+
+    name = "wal_checkpoints"
+
+    def __init__(self, store: Store, clock: Any, interval: float = 300.0) -> None:
+        super().__init__(clock, interval)
+        self._store = store
+
+    def tick(self) -> Deferred[Any]:
+        return self._store.checkpoint()
