@@ -40,6 +40,14 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return t.user + t.system
 
 
+def main_thread_cpu(proc: psutil.Process) -> float:
+    """CPU seconds of the process's main (reactor) thread alone."""
+    for t in proc.threads():
+        if t.id == proc.pid:
+            return t.user_time + t.system_time
+    return float("nan")
+
+
 def start_flm(logdir: Path, backend_port: int, args: argparse.Namespace) -> harness.FLM:
     extra = ["--backend-max-concurrent", str(args.backend_max_concurrent)]
     if args.config:
@@ -98,10 +106,13 @@ def measure(args: argparse.Namespace, targets: tuple[str, ...], ports: dict[str,
                 order = targets[k:] + targets[:k]
                 for name in order:
                     before = {n: cpu_seconds(p) for n, p in procs.items()}
+                    main_before = {n: main_thread_cpu(p) for n, p in procs.items()}
                     res = loadgen.run_wrk(ports[name], lua[(name, stream)], conc, args.duration)
                     after = {n: cpu_seconds(p) for n, p in procs.items()}
+                    main_after = {n: main_thread_cpu(p) for n, p in procs.items()}
                     for n in procs:
                         res[f"cpu_{n}_s"] = after[n] - before[n]
+                        res[f"cpu_{n}_main_s"] = main_after[n] - main_before[n]
                     res["rss_flm_mb"] = procs["flm"].memory_info().rss / 2**20 if "flm" in procs else float("nan")
                     runs[name].append(res)
                     print(f"  {mode:9} c={conc:<3} {name:6} rep {rep + 1}: {res['rps']:8.0f} req/s  "
@@ -124,6 +135,9 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "non2xx": sum(r["non2xx"] for r in rs),
             # CPU of the process that serves this target, per 1,000 requests
             "cpu_s_per_1k": median([r[f"cpu_{own}_s"] / r["requests"] * 1000 for r in rs if r["requests"]]),
+            # of which the main (reactor) thread; the rest is worker threads (FLM: SQLite log writes)
+            "main_cpu_s_per_1k": median([r[f"cpu_{own}_main_s"] / r["requests"] * 1000
+                                         for r in rs if r["requests"]]),
             "rss_flm_mb": max(r["rss_flm_mb"] for r in rs),
             "runs": rs,
         }
@@ -157,14 +171,14 @@ def measure_ttfb(args: argparse.Namespace, targets: tuple[str, ...], ports: dict
 def fmt_table(results: dict[str, Any], ttfb: dict[str, Any], targets: tuple[str, ...]) -> str:
     lines = []
     head = (f"{'mode':9} {'c':>3} {'target':7} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-            f"{'err':>4} {'non2xx':>6} {'CPU s/1k':>8} {'FLM RSS MB':>10}")
+            f"{'err':>4} {'non2xx':>6} {'CPU s/1k':>8} {'(main)':>7} {'FLM RSS MB':>10}")
     lines += [head, "-" * len(head)]
     for mode, by_c in results.items():
         for conc, row in by_c.items():
             for name in targets:
                 r = row[name]
                 lines.append(f"{mode:9} {conc:>3} {name:7} {r['rps']:8.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
-                             f"{r['errors']:4d} {r['non2xx']:6d} {r['cpu_s_per_1k']:8.3f} "
+                             f"{r['errors']:4d} {r['non2xx']:6d} {r['cpu_s_per_1k']:8.3f} {r['main_cpu_s_per_1k']:7.3f} "
                              f"{r['rss_flm_mb'] if name == 'flm' else float('nan'):10.1f}")
             q = row["ratios"]
             if "flm" in row:

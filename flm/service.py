@@ -47,6 +47,22 @@ def quiet_pool(reactor: Any, max_per_host: int) -> HTTPConnectionPool:
     return pool
 
 
+class BackendAgent(Agent):
+    """An Agent that builds the backend's endpoint once, not for every request (building
+    a ``HostnameEndpoint`` IDNA-encodes the host each time, ~1% of a proxied request)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._endpoints: dict[tuple[bytes, bytes, int], Any] = {}
+
+    def _getEndpoint(self, uri: Any) -> Any:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._endpoints[key] = super()._getEndpoint(uri)
+        return endpoint
+
+
 class PoolService(Service):
     """Owns the outgoing connection pool and closes it on stop."""
 
@@ -88,7 +104,7 @@ class FLMService(MultiService):
                                    enabled=settings.request_log)
         pool = quiet_pool(reactor, max(16, settings.backend_concurrency * 2))
         admin_pool = quiet_pool(reactor, 4)
-        agent = Agent(reactor, connectTimeout=settings.connect_timeout_s, pool=pool)
+        agent = BackendAgent(reactor, connectTimeout=settings.connect_timeout_s, pool=pool)
         http = HTTPClient(Agent(reactor, connectTimeout=settings.connect_timeout_s,
                                 pool=admin_pool))
         backend_url = settings.backend.rstrip("/")
