@@ -32,5 +32,5 @@ def error_body(code: str, message: str) -> tuple[int, bytes]:
     return ERRORS[code][0], error_json(code, message)
 
 
-INVALID_KEY = error_body(
-    "invalid_api_key", "Invalid API key. Send 'Authorization: Bearer <key>' with this API's key.")
+INVALID_KEY_MESSAGE = "Invalid API key. Send 'Authorization: Bearer <key>' with this API's key."
+INVALID_KEY = error_body("invalid_api_key", INVALID_KEY_MESSAGE)

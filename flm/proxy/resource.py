@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from flm import keys
 from flm.admission import BackendGate, Refused
-from flm.proxy.errors import INVALID_KEY, error_body
+from flm.proxy.errors import INVALID_KEY_MESSAGE, error_body
 from flm.proxy.headers import copy_response_headers, upstream_headers
 from flm.proxy.relay import Relay, UsageChunkFilter, usage_from_tail
 
@@ -134,11 +134,8 @@ class ProxyResource(Resource):
             if not keys.matches(token, config.key_hash):
                 rt.registry.failed_keys.failed(getattr(request.client, "host", ""))
                 rt.refused_keys += 1
-                status, body = INVALID_KEY
-                request.setResponseCode(status)
-                request.setHeader(b"content-type", b"application/json")
-                request.write(body)
-                request.finish()
+                request.setHeader(b"www-authenticate", b"Bearer")
+                self._send_error(request, "invalid_api_key", INVALID_KEY_MESSAGE)
                 return
         rt.in_flight += 1
         timing = _Timing(request.arrived, request.content.tell())
