@@ -26,6 +26,7 @@ import json
 import os
 import random
 import sys
+import tempfile
 import time
 from array import array
 from pathlib import Path
@@ -39,19 +40,54 @@ from bench.harness import BenchError, median
 # -- shared by the benchmarks of this file, bench.logging_cost and bench.idle ---------------
 
 _BENCH_MARKERS = ("-m bench.", "bench/", "/usr/bin/wrk", "py-spy")
+# One empty file per waiting benchmark, named by its pid: two benchmarks that wait for each
+# other would wait forever, so a waiting benchmark ignores younger ones that wait too.
+WAITING_DIR = Path(tempfile.gettempdir()) / "flm-bench-waiting"
+
+
+def _is_bench(cmdline: list[str] | None) -> bool:
+    cmd = " ".join(cmdline or ())
+    return any(m in cmd for m in _BENCH_MARKERS) and "grep" not in cmd
+
+
+def _owner(proc: psutil.Process) -> psutil.Process:
+    """The outermost benchmark process above ``proc`` (e.g. ``timeout ... python -m bench.x``)."""
+    owner = proc
+    for parent in proc.parents():
+        try:
+            if _is_bench(parent.cmdline()):
+                owner = parent
+        except psutil.Error:
+            pass
+    return owner
+
+
+def _waiting_pids() -> set[int]:
+    try:
+        return {int(f.name) for f in WAITING_DIR.iterdir() if f.name.isdigit()}
+    except OSError:
+        return set()
 
 
 def other_benchmarks() -> list[str]:
-    """Benchmark processes on the machine that are neither this one, its parents nor children."""
+    """Benchmarks on the machine other than this one (its parents and children), leaving out
+    younger ones that are themselves waiting for a quiet machine."""
     me = psutil.Process()
     ours = {me.pid} | {p.pid for p in me.children(recursive=True)} | {p.pid for p in me.parents()}
+    my_start = _owner(me).create_time()
+    waiting = _waiting_pids()
     found = []
     for p in psutil.process_iter(["pid", "cmdline"]):
-        if p.info["pid"] in ours or not p.info["cmdline"]:
+        if p.info["pid"] in ours or not _is_bench(p.info["cmdline"]):
             continue
-        cmd = " ".join(p.info["cmdline"])
-        if any(m in cmd for m in _BENCH_MARKERS) and "grep" not in cmd:
-            found.append(f"{p.info['pid']} {cmd[:120]}")
+        try:
+            owner = _owner(p)
+            tree = {owner.pid} | {c.pid for c in owner.children(recursive=True)}
+            if tree & waiting and owner.create_time() > my_start:
+                continue
+        except psutil.Error:
+            continue
+        found.append(f"{p.info['pid']} {' '.join(p.info['cmdline'])[:120]}")
     return found
 
 
@@ -62,15 +98,24 @@ def wait_quiet(max_wait: float = 1200.0) -> None:
     """
     if os.environ.get("FLM_BENCH_NO_WAIT") == "1":
         return
-    deadline = time.monotonic() + max_wait
-    others = other_benchmarks()
-    if others:
-        print(f"waiting for other benchmarks to end (at most {max_wait:.0f} s): {others[0]}", flush=True)
-    while others and time.monotonic() < deadline:
-        time.sleep(5)
+    marker = WAITING_DIR / str(os.getpid())
+    try:
+        WAITING_DIR.mkdir(exist_ok=True)
+        marker.touch()
+    except OSError:
+        pass
+    try:
+        deadline = time.monotonic() + max_wait
         others = other_benchmarks()
-    if others:
-        print(f"WARNING: still running, measuring anyway: {others}", flush=True)
+        if others:
+            print(f"waiting for other benchmarks to end (at most {max_wait:.0f} s): {others[0]}", flush=True)
+        while others and time.monotonic() < deadline:
+            time.sleep(5)
+            others = other_benchmarks()
+        if others:
+            print(f"WARNING: still running, measuring anyway: {others}", flush=True)
+    finally:
+        marker.unlink(missing_ok=True)
 
 
 def cpu_seconds(proc: psutil.Process) -> float:

@@ -26,6 +26,7 @@ from typing import Any
 
 from bench import harness, loadgen
 from bench.harness import BenchError, median
+from bench.soak import wait_quiet
 
 
 def seed(logdir: Path, data_dir: Path, backend_port: int, n_apis: int, n_running: int) -> dict[str, Any]:
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(reason, file=sys.stderr)
         return 2
 
+    wait_quiet()  # the machine is shared: no figures while another benchmark runs
     logdir = harness.temp_dir("flm-bench-logs-")
     data_dir = harness.temp_dir("flm-bench-data-")
     empty_dir = harness.temp_dir("flm-bench-empty-")

@@ -11,7 +11,8 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import URI, Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import _ensureValidURI
 
 from flm import keys
 from flm.admin.apis import Apis
@@ -48,19 +49,29 @@ def quiet_pool(reactor: Any, max_per_host: int) -> HTTPConnectionPool:
 
 
 class BackendAgent(Agent):
-    """An Agent that builds the backend's endpoint once, not for every request (building
-    a ``HostnameEndpoint`` IDNA-encodes the host each time, ~1% of a proxied request)."""
+    """An Agent that parses each backend URL and builds its endpoint once.
+
+    The proxy sends every request to one of a handful of URLs; ``Agent.request`` would
+    parse the URL and build a ``HostnameEndpoint`` (IDNA-encoding the host) each time,
+    ~10% of the reactor's time at concurrency 50.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._endpoints: dict[tuple[bytes, bytes, int], Any] = {}
+        self._targets: dict[bytes, tuple[Any, Any, Any]] = {}
 
-    def _getEndpoint(self, uri: Any) -> Any:
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._endpoints.get(key)
-        if endpoint is None:
-            endpoint = self._endpoints[key] = super()._getEndpoint(uri)
-        return endpoint
+    def request(self, method: bytes, uri: bytes, headers: Any = None,
+                bodyProducer: Any = None) -> Deferred[Any]:
+        target = self._targets.get(uri)
+        if target is None:
+            if len(self._targets) > 64:
+                return super().request(method, uri, headers, bodyProducer)
+            parsed = URI.fromBytes(_ensureValidURI(uri.strip()))
+            key = (parsed.scheme, parsed.host, parsed.port)
+            target = self._targets[uri] = (key, self._getEndpoint(parsed), parsed)
+        key, endpoint, parsed = target
+        return self._requestWithEndpoint(key, endpoint, method, parsed, headers,
+                                         bodyProducer, parsed.originForm)
 
 
 class PoolService(Service):

@@ -26,8 +26,17 @@ _API_COLUMNS = ", ".join(API_FIELDS)
 LOG_COLUMNS = ("api_id", "created_at", "method", "path", "status", "queue_ms", "ttfb_ms",
                "upstream_ms", "response_ms", "bytes_in", "bytes_out", "model",
                "prompt_tokens", "completion_tokens", "request_id", "error")
-_INSERT_LOG = (f"INSERT INTO request_logs ({', '.join(LOG_COLUMNS)}) "
-               f"VALUES ({', '.join('?' * len(LOG_COLUMNS))})")
+_ONE_ROW = f"({', '.join('?' * len(LOG_COLUMNS))})"
+# Rows per INSERT: SQLite binds at most 32,766 variables (999 before 3.32).
+_ROWS_PER_INSERT = (32766 if sqlite3.sqlite_version_info >= (3, 32) else 999) // len(LOG_COLUMNS)
+
+
+def _insert_logs_sql(n: int) -> str:
+    return (f"INSERT INTO request_logs ({', '.join(LOG_COLUMNS)}) VALUES "
+            + ", ".join([_ONE_ROW] * n))
+
+
+_INSERT_LOG = _insert_logs_sql(1)  # one row, for executemany in tools and tests
 
 
 class Conflict(Exception):
@@ -224,7 +233,12 @@ class Store(Service):
         rows = list(rows)
 
         def txn(c: Any) -> None:
-            c.executemany(_INSERT_LOG, rows)
+            # One statement per chunk of rows, not executemany: that releases and retakes
+            # the GIL once per row, and under load each handoff stalls the reactor thread
+            # (measured: proxy throughput at c=50 fell by a quarter with logging on).
+            for i in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[i:i + _ROWS_PER_INSERT]
+                c.execute(_insert_logs_sql(len(chunk)), [v for row in chunk for v in row])
             c.executemany("UPDATE apis SET last_used_at = ? WHERE id = ?",
                           [(utc_iso(t), api_id) for api_id, t in last_used.items()])
         await self._write("insert_logs", txn)
