@@ -231,3 +231,26 @@ class PrometheusTests(SynchronousTestCase):
         metrics = Metrics(SyncStore(), Clock())
         metrics.observe(("garbage",))
         self.assertEqual(len(self.flushLoggedErrors(IndexError)), 1)
+
+
+def test_samples_past_the_exact_limit_keep_p95_within_two_percent_and_never_low() -> None:
+    from flm.metrics import Samples, p95 as exact_p95
+    rng = random.Random(7)
+    values = [rng.lognormvariate(3, 1.2) for _ in range(20_000)]
+    whole, left, right = Samples(), Samples(), Samples()
+    for i, v in enumerate(values):
+        whole.add(v)
+        (left if i % 3 else right).add(v)
+    left.merge(right)
+    exact = exact_p95(values)
+    assert whole.buckets is not None and len(whole.buckets) < 1000
+    for estimate in (whole.p95(), left.p95()):
+        assert exact <= estimate <= exact * 1.0201
+
+
+def test_samples_stay_exact_while_few() -> None:
+    from flm.metrics import Samples, p95 as exact_p95
+    s = Samples()
+    for v in (5.0, 1.0, 3.0):
+        s.add(v)
+    assert s.buckets is None and s.p95() == exact_p95([5.0, 1.0, 3.0]) == 5.0
