@@ -94,7 +94,7 @@ class Settings:
     max_connections: int = attrs.field(default=512, validator=_positive)
     request_log: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     log_flush_interval_s: float = attrs.field(default=1.0, validator=_positive)
-    log_batch_rows: int = attrs.field(default=500, validator=_positive)
+    log_batch_rows: int = attrs.field(default=5000, validator=_positive)
     log_buffer_max_rows: int = attrs.field(default=50_000, validator=_positive)
     log_retention_days: float = attrs.field(default=30.0, validator=_positive)
     log_max_rows: int = attrs.field(default=5_000_000, validator=_positive)
