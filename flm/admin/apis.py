@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from flm import keys
 from flm.admin.errors import AdminError
+from flm.admin import validation
 from flm.admin.validation import STATUSES, invalid, validate_create, validate_update
 from flm.registry import PortInUse, Registry, port_is_free
 from flm.store import ApiRecord, Conflict, Store
 
 
 def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(b"a%d" % last_id).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        if raw[:1] != b"a" or not raw[1:].isdigit() or len(raw) > 20:
-            raise ValueError
-        last_id = int(raw[1:])
-        if last_id >= 2**63:  # past SQLite's integers: an OverflowError, not a 422
-            raise ValueError
-        return last_id
-    except ValueError:
-        raise invalid("cursor", "is not a cursor this server gave out") from None
+    return validation.encode_cursor(b"a", last_id)
 
 
 def _conflict(e: Conflict) -> AdminError:
@@ -93,7 +80,7 @@ class Apis:
     async def list(self, limit: int, cursor: str | None, status: str | None) -> dict[str, Any]:
         if status is not None and status not in STATUSES:
             raise invalid("status", f"must be one of {', '.join(STATUSES)}")
-        after = decode_cursor(cursor) if cursor else 0
+        after = validation.decode_cursor(b"a", cursor) if cursor else 0
         items, total = await self.store.list_apis(limit=limit + 1, after_id=after, status=status)
         more = len(items) > limit
         items = items[:limit]

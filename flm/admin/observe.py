@@ -6,8 +6,6 @@ Routes live in ``flm.admin.app``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 from datetime import datetime, timezone
 from typing import Any
@@ -15,7 +13,7 @@ from typing import Any
 from prometheus_client import exposition, generate_latest
 
 from flm.admin.errors import AdminError
-from flm.admin.validation import invalid, page_limit
+from flm.admin.validation import decode_cursor, encode_cursor, invalid, page_limit
 from flm.store import logs, utc_iso
 
 DAY = 86400.0
@@ -23,20 +21,6 @@ DAY = 86400.0
 PROMETHEUS_CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4",
                                   "text/plain; version=0.0.4; charset=utf-8").encode()
 _LOG_PARAMS = {b"limit", b"cursor", b"status", b"since", b"until"}
-
-
-def encode_cursor(before_id: int) -> str:
-    return base64.urlsafe_b64encode(b"l%d" % before_id).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        if raw[:1] != b"l" or not raw[1:].isdigit() or len(raw) > 20:
-            raise ValueError
-        return int(raw[1:])
-    except (ValueError, binascii.Error):
-        raise invalid("cursor", "is not a cursor this server gave out") from None
 
 
 def parse_time(field: str, raw: str) -> float:
@@ -113,7 +97,7 @@ class Observe:
         _check_params(args, _LOG_PARAMS | ({b"api"} if ref is None else set()))
         limit = page_limit(args)
         cursor = _arg(args, "cursor")
-        before = decode_cursor(cursor) if cursor else None
+        before = decode_cursor(b"l", cursor) if cursor else None
         status_raw = _arg(args, "status")
         status = None
         if status_raw is not None:
@@ -130,7 +114,7 @@ class Observe:
         items, next_id = await logs.logs_page(self.store, api_id, limit, before, status,
                                               since, until)
         return {"items": [log_item(r) for r in items],
-                "next_cursor": encode_cursor(next_id) if next_id is not None else None}
+                "next_cursor": encode_cursor(b"l", next_id) if next_id is not None else None}
 
     async def api_metrics(self, ref: str, args: dict[bytes, list[bytes]]) -> dict[str, Any]:
         _check_params(args, {b"since", b"until"})

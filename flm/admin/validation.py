@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import re
@@ -139,3 +141,21 @@ def page_limit(args: dict[bytes, list[bytes]], default: int = 50, most: int = 50
     if not raw.isdigit() or len(raw) > 6 or not 1 <= int(raw) <= most:
         raise invalid("limit", f"must be an integer from 1 to {most}")
     return int(raw)
+
+
+def encode_cursor(tag: bytes, last_id: int) -> str:
+    """An opaque keyset cursor: which list it belongs to (``tag``) and the last id seen."""
+    return base64.urlsafe_b64encode(tag + b"%d" % last_id).decode().rstrip("=")
+
+
+def decode_cursor(tag: bytes, cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        if raw[:1] != tag or not raw[1:].isdigit() or len(raw) > 20:
+            raise ValueError
+        last_id = int(raw[1:])
+        if last_id >= 2**63:  # past SQLite's integers: an OverflowError, not a 422
+            raise ValueError
+        return last_id
+    except (ValueError, binascii.Error):
+        raise invalid("cursor", "is not a cursor this server gave out") from None
