@@ -158,7 +158,8 @@ class ModelsAdmin:
         force = request.args.get(b"force", [b""])[0].lower() in (b"true", b"1", b"yes")
         if not force and self._in_use(name):
             raise AdminError(409, "model_in_use", f"model {name!r} is used by a running API; "
-                             "stop or change that API first, or pass ?force=true (flm models rm --force)")
+                             "stop or change that API first, or pass ?force=true "
+                             "(flm models rm --force)")
         # A client that hangs up must not cut the delete (and the cache expiry) short.
         await self._call(_shielded(Deferred.fromCoroutine(self._delete(name))), name)
         request.setResponseCode(204)
