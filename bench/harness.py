@@ -1,6 +1,6 @@
 """Process and HTTP plumbing shared by the benchmark scripts (stdlib + psutil only).
 
-Every process started here is a ``Child``; callers stop them in ``finally``.
+Every process started here is a ``Child``; a script's ``Run`` stops them on the way out.
 All traffic goes to 127.0.0.1.
 """
 
@@ -190,8 +190,74 @@ class FLM:
             raise BenchError(f"POST /api/apis {fields.get('name')}: {status} {body}")
         return body
 
+    def open_api(self, **fields: Any) -> dict[str, Any]:
+        """Create one API (after FLM is healthy) and wait until its port accepts."""
+        self.wait_healthy(timeout=60)
+        fields.setdefault("port", free_ports(1)[0])
+        api = self.create_api(**fields)
+        self.wait_port(api)
+        return api
+
+    def wait_port(self, api: dict[str, Any], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not port_accepts(api["port"]):
+            if time.monotonic() > deadline:
+                raise BenchError(f"API port {api['port']} not accepting; API: {api}\n{self.child.tail()}")
+            time.sleep(0.02)
+
     def stop(self) -> float:
         return self.child.stop()
+
+
+class Run:
+    """One benchmark run: a folder for process logs, and everything ``add``-ed stopped on
+    the way out, last first, also on failure. A ``BenchError`` is reported, not raised
+    (the code after the ``with`` block runs: return 1 there); logs are kept on failure or
+    with ``keep_logs``."""
+
+    def __init__(self, keep_logs: bool = False) -> None:
+        self.logdir = temp_dir("flm-bench-logs-")
+        self.keep_logs = keep_logs
+        self._cleanups: list[Any] = []
+
+    def add(self, proc: Any) -> Any:
+        """Stop ``proc`` (a ``Child`` or an ``FLM``, whose data dir also goes) at the end."""
+        self._cleanups.append(proc.stop)
+        if isinstance(proc, FLM):
+            self._cleanups.append(lambda: remove(proc.data_dir))
+        return proc
+
+    def remove_later(self, path: Path) -> Path:
+        self._cleanups.append(lambda: remove(path))
+        return path
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> bool:
+        for cleanup in reversed(self._cleanups):
+            cleanup()
+        failed = isinstance(error, BenchError)
+        if failed:
+            print(f"\nBENCHMARK FAILED: {error}", file=sys.stderr)
+        if self.keep_logs or failed:
+            print(f"logs kept in {self.logdir}", file=sys.stderr)
+        else:
+            remove(self.logdir)
+        return failed
+
+
+def cpu_seconds(proc: Any) -> float:
+    t = proc.cpu_times()
+    return float(t.user + t.system)
+
+
+def main_thread_cpu(proc: Any) -> float:
+    """CPU seconds of the process's main (reactor) thread alone."""
+    for t in proc.threads():
+        if t.id == proc.pid:
+            return float(t.user_time + t.system_time)
+    return float("nan")
 
 
 def temp_dir(prefix: str) -> Path:

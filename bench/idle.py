@@ -20,8 +20,8 @@ import time
 import psutil
 
 from bench import harness, loadgen
-from bench.harness import BenchError
-from bench.soak import cpu_seconds, wait_quiet
+from bench.harness import cpu_seconds
+from bench.soak import wait_quiet
 
 TARGET_PCT = 1.0
 
@@ -33,28 +33,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=15.0, help="seconds of rest before measuring")
     p.add_argument("--keep-logs", action="store_true")
     args = p.parse_args(argv)
-    reason = harness.flm_available()
+    reason = loadgen.preflight(wrk=False)
     if reason:
         print(reason, file=sys.stderr)
         return 2
-    logdir = harness.temp_dir("flm-bench-logs-")
-    backend = flm = None
-    failed = False
-    try:
-        backend, backend_port = harness.start_backend(logdir)
-        flm = harness.FLM(logdir, harness.temp_dir("flm-bench-data-"), backend_port)
+    with harness.Run(args.keep_logs) as run:
+        backend, backend_port = harness.start_backend(run.logdir)
+        run.add(backend)
+        flm = run.add(harness.FLM(run.logdir, harness.temp_dir("flm-bench-data-"), backend_port))
         flm.wait_healthy(timeout=60)
         t0 = time.perf_counter()
         ports = harness.free_ports(args.apis)
         apis = [flm.create_api(name=f"idle-{i}", model="bench-model", port=port) for i, port in enumerate(ports)]
         created = time.perf_counter() - t0
         body = json.dumps(loadgen.chat_body(False)).encode()
-        deadline = time.monotonic() + 30
         for api in apis:
-            while not harness.port_accepts(api["port"]):
-                if time.monotonic() > deadline:
-                    raise BenchError(f"API port {api['port']} not accepting\n{flm.child.tail()}")
-                time.sleep(0.02)
+            flm.wait_port(api, timeout=30)
             client = loadgen.KeepAliveClient(api["port"], api["key"])
             try:
                 client.post(body)
@@ -79,20 +73,7 @@ def main(argv: list[str] | None = None) -> int:
               f"RSS {proc.memory_info().rss / 2**20:.1f} MB; open fds {proc.num_fds()}; "
               f"process CPU since start: user {t.user:.2f} s, system {t.system:.2f} s")
         return 0
-    except BenchError as e:
-        failed = True
-        print(f"\nBENCHMARK FAILED: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if flm is not None:
-            flm.stop()
-            harness.remove(flm.data_dir)
-        if backend is not None:
-            backend.stop()
-        if args.keep_logs or failed:
-            print(f"logs kept in {logdir}", file=sys.stderr)
-        else:
-            harness.remove(logdir)
+    return 1
 
 
 if __name__ == "__main__":

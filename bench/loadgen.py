@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import HOST, BenchError
+from bench.harness import HOST, BenchError, flm_available
 
 WRK_INSTALL = "wrk is not installed: apt-get install -y wrk   (Debian package 'wrk')"
 
@@ -22,11 +22,8 @@ CHAT_BODY: dict[str, Any] = {
     "max_tokens": 16,
 }
 
-_LUA = """\
-wrk.method = "POST"
-wrk.body = [==[%(body)s]==]
-wrk.headers["Content-Type"] = "application/json"
-%(auth)s
+# wrk's summary as one JSON line, appended to every Lua script here (%-formatted: %% is %).
+LUA_REPORT = """\
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -38,6 +35,23 @@ done = function(summary, latency, requests)
     latency.mean, latency.max))
 end
 """
+
+_LUA = """\
+wrk.method = "POST"
+wrk.body = [==[%(body)s]==]
+wrk.headers["Content-Type"] = "application/json"
+%(auth)s
+""" + LUA_REPORT
+
+
+def preflight(wrk: bool = True, flm: bool = True) -> str | None:
+    """Why this benchmark cannot run here (wrk or the flm plugin missing), or None."""
+    try:
+        if wrk:
+            wrk_path()
+        return flm_available() if flm else None
+    except BenchError as e:
+        return str(e)
 
 
 def wrk_path() -> str:

@@ -21,20 +21,12 @@ from typing import Any
 import psutil
 
 from bench import harness, loadgen
-from bench.harness import BenchError, median
+from bench.harness import cpu_seconds, main_thread_cpu, median
 from bench.proxy import py_spy
-from bench.soak import cpu_seconds, open_api, start_flm, wait_quiet
+from bench.soak import start_flm, wait_quiet
 
 VARIANTS = ("on", "off")
 TARGET = 0.95
-
-
-def main_thread_cpu(proc: psutil.Process) -> float:
-    """CPU seconds of the reactor (main) thread; the rest is the database and other threads."""
-    for t in proc.threads():
-        if t.id == proc.pid:
-            return t.user_time + t.system_time
-    return 0.0
 
 
 def measure(args: argparse.Namespace, apis: dict[str, dict[str, Any]], procs: dict[str, psutil.Process],
@@ -87,28 +79,22 @@ def main(argv: list[str] | None = None) -> int:
                    "c=50 run into PREFIX-on.txt and PREFIX-off.txt (read them with python -m bench.stacks)")
     p.add_argument("--keep-logs", action="store_true")
     args = p.parse_args(argv)
-    try:
-        loadgen.wrk_path()
-        reason = harness.flm_available()
-    except BenchError as e:
-        reason = str(e)
+    reason = loadgen.preflight()
     if reason:
         print(reason, file=sys.stderr)
         return 2
 
-    logdir = harness.temp_dir("flm-bench-logs-")
-    backend = None
-    flms: dict[str, harness.FLM] = {}
-    failed = False
-    try:
+    with harness.Run(args.keep_logs) as run:
+        logdir = run.logdir
         backend, backend_port = harness.start_backend(logdir)
+        run.add(backend)
         config = logdir / "no-request-log.toml"
         config.write_text("request_log = false\n")
         common = ["--backend-max-concurrent", "64"]
-        flms["on"] = start_flm(logdir, backend_port, common)
-        flms["off"] = harness.FLM(logdir, harness.temp_dir("flm-bench-data-"), backend_port,
-                                  common + ["--config", str(config)], name="flm-nolog")
-        apis = {n: open_api(f, name="bench", model="bench-model", max_concurrent=64, max_queue=512,
+        flms = {"on": run.add(start_flm(logdir, backend_port, common)),
+                "off": run.add(harness.FLM(logdir, harness.temp_dir("flm-bench-data-"), backend_port,
+                                           common + ["--config", str(config)], name="flm-nolog"))}
+        apis = {n: f.open_api(name="bench", model="bench-model", max_concurrent=64, max_queue=512,
                             queue_timeout_s=60, upstream_timeout_s=60) for n, f in flms.items()}
         procs = {n: psutil.Process(f.pid) for n, f in flms.items()}
         lua = {(n, s): loadgen.write_lua(logdir / f"{n}-{s}.lua", loadgen.chat_body(s), apis[n]["key"])
@@ -151,20 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"py-spy, logging {n}: {py_spy(flms[n].pid, apis[n]['port'], lua[(n, False)], 10, out)}",
                       flush=True)
         return 0
-    except BenchError as e:
-        failed = True
-        print(f"\nBENCHMARK FAILED: {e}", file=sys.stderr)
-        return 1
-    finally:
-        for f in flms.values():
-            f.stop()
-            harness.remove(f.data_dir)
-        if backend is not None:
-            backend.stop()
-        if args.keep_logs or failed:
-            print(f"logs kept in {logdir}", file=sys.stderr)
-        else:
-            harness.remove(logdir)
+    return 1
 
 
 if __name__ == "__main__":

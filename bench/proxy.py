@@ -25,23 +25,10 @@ import psutil
 
 from bench import harness, loadgen
 from bench.report import fmt_table, verdict
-from bench.harness import BenchError, median
+from bench.harness import BenchError, cpu_seconds, main_thread_cpu, median
 from bench.soak import wait_quiet
 
 TARGETS = ("direct", "bare", "flm")
-
-
-def cpu_seconds(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return t.user + t.system
-
-
-def main_thread_cpu(proc: psutil.Process) -> float:
-    """CPU seconds of the process's main (reactor) thread alone."""
-    for t in proc.threads():
-        if t.id == proc.pid:
-            return t.user_time + t.system_time
-    return float("nan")
 
 
 def start_flm(logdir: Path, backend_port: int, args: argparse.Namespace) -> harness.FLM:
@@ -50,20 +37,6 @@ def start_flm(logdir: Path, backend_port: int, args: argparse.Namespace) -> harn
         extra += ["--config", str(Path(args.config).resolve())]
     extra += args.flm_arg
     return harness.FLM(logdir, harness.temp_dir("flm-bench-data-"), backend_port, extra)
-
-
-def create_api(flm: harness.FLM) -> dict[str, Any]:
-    """Wait for FLM, create the one API the benchmark uses, wait for its port."""
-    flm.wait_healthy(timeout=60)
-    api_port = harness.free_ports(1)[0]
-    api = flm.create_api(name="bench", model="bench-model", port=api_port, max_concurrent=64,
-                         max_queue=512, queue_timeout_s=60, upstream_timeout_s=60)
-    deadline = time.monotonic() + 10
-    while not harness.port_accepts(api["port"]):
-        if time.monotonic() > deadline:
-            raise BenchError(f"API port {api['port']} not accepting; API: {api}\n{flm.child.tail()}")
-        time.sleep(0.02)
-    return api
 
 
 def probe(port: int, key: str | None, stream: bool) -> dict[str, Any]:
@@ -205,31 +178,26 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
     targets = TARGETS[:2] if args.without_flm else TARGETS
-    try:
-        loadgen.wrk_path()
-        reason = None if args.without_flm else harness.flm_available()
-    except BenchError as e:
-        reason = str(e)
+    reason = loadgen.preflight(flm=not args.without_flm)
     if reason:
         print(reason, file=sys.stderr)
         return 2
 
     wait_quiet()  # the machine is shared: no figures while another benchmark runs
-    logdir = harness.temp_dir("flm-bench-logs-")
-    children: list[Any] = []
     flm = None
-    failed = False
-    try:
+    with harness.Run(args.keep_logs) as run:
+        logdir = run.logdir
         backend, backend_port = harness.start_backend(logdir)
-        children.append(backend)
+        run.add(backend)
         bare, bare_port = harness.start_bare_proxy(logdir, backend_port)
-        children.append(bare)
+        run.add(bare)
         ports = {"direct": backend_port, "bare": bare_port}
         keys: dict[str, str | None] = {"direct": None, "bare": None}
         pids = {"backend": backend.pid, "bare": bare.pid}
         if not args.without_flm:
-            flm = start_flm(logdir, backend_port, args)
-            api = create_api(flm)
+            flm = run.add(start_flm(logdir, backend_port, args))
+            api = flm.open_api(name="bench", model="bench-model", max_concurrent=64, max_queue=512,
+                               queue_timeout_s=60, upstream_timeout_s=60)
             ports["flm"], keys["flm"], pids["flm"] = api["port"], api["key"], flm.pid
         lua = {(n, s): loadgen.write_lua(logdir / f"{n}-{s}.lua", loadgen.chat_body(s), keys[n])
                for n in targets for s in (False, True)}
@@ -273,20 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             }, indent=2, default=str))
             print(f"\nJSON written to {args.out}")
         return 0
-    except BenchError as e:
-        failed = True
-        print(f"\nBENCHMARK FAILED: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if flm is not None:
-            flm.stop()
-            harness.remove(flm.data_dir)
-        for child in reversed(children):
-            child.stop()
-        if args.keep_logs or failed:
-            print(f"logs kept in {logdir}", file=sys.stderr)
-        else:
-            harness.remove(logdir)
+    return 1
 
 
 if __name__ == "__main__":

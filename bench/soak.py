@@ -30,12 +30,11 @@ import tempfile
 import time
 from array import array
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 from bench import harness, loadgen
-from bench.harness import BenchError, median
+from bench.harness import BenchError, cpu_seconds
 
 # -- shared by the benchmarks of this file, bench.logging_cost and bench.idle ---------------
 
@@ -118,11 +117,6 @@ def wait_quiet(max_wait: float = 1200.0) -> None:
         marker.unlink(missing_ok=True)
 
 
-def cpu_seconds(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return t.user + t.system
-
-
 def sample(proc: psutil.Process) -> dict[str, float]:
     return {"rss_mb": proc.memory_info().rss / 2**20, "fds": proc.num_fds(), "cpu_s": cpu_seconds(proc),
             "threads": proc.num_threads()}
@@ -130,19 +124,6 @@ def sample(proc: psutil.Process) -> dict[str, float]:
 
 def start_flm(logdir: Path, backend_port: int, extra: list[str] | None = None) -> harness.FLM:
     return harness.FLM(logdir, harness.temp_dir("flm-bench-data-"), backend_port, extra)
-
-
-def open_api(flm: harness.FLM, **fields: Any) -> dict[str, Any]:
-    """Create one API (after FLM is healthy) and wait until its port accepts."""
-    flm.wait_healthy(timeout=60)
-    fields.setdefault("port", harness.free_ports(1)[0])
-    api = flm.create_api(**fields)
-    deadline = time.monotonic() + 10
-    while not harness.port_accepts(api["port"]):
-        if time.monotonic() > deadline:
-            raise BenchError(f"API port {api['port']} not accepting; API: {api}\n{flm.child.tail()}")
-        time.sleep(0.02)
-    return api
 
 
 def prometheus_lines(flm: harness.FLM, *words: str) -> list[str]:
@@ -166,95 +147,79 @@ request = function()
   n = n + 1
   return reqs[(n %% 2) + 1]
 end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRKJSON {"requests":%%.0f,"duration_us":%%.0f,"bytes":%%.0f,"connect":%%.0f,"read":%%.0f,' ..
-    '"write":%%.0f,"status":%%.0f,"timeout":%%.0f,"p50_us":%%.1f,"p90_us":%%.1f,"p99_us":%%.1f,' ..
-    '"mean_us":%%.1f,"max_us":%%.1f}\\n',
-    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
-    e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.mean, latency.max))
-end
-"""
+""" + loadgen.LUA_REPORT
 
 
-def soak_requests(args: argparse.Namespace, logdir: Path) -> int:
-    backend = flm = None
-    try:
-        backend, backend_port = harness.start_backend(logdir)
-        flm = start_flm(logdir, backend_port, ["--backend-max-concurrent", "64"])
-        api = open_api(flm, name="soak", model="bench-model", max_concurrent=64, max_queue=512,
-                       queue_timeout_s=60, upstream_timeout_s=60)
-        script = logdir / "mixed.lua"
-        script.write_text(_MIXED_LUA % {"key": api["key"], "plain": json.dumps(loadgen.chat_body(False)),
-                                        "stream": json.dumps(loadgen.chat_body(True))})
-        proc = psutil.Process(flm.pid)
-        wait_quiet()
-        start = sample(proc)
-        print(f"FLM pid {flm.pid}, API port {api['port']}; start: RSS {start['rss_mb']:.1f} MB, "
-              f"fds {start['fds']}, threads {start['threads']}")
-        print(f"{args.requests:,} requests, half streaming, wrk blocks of {args.block_seconds:g} s "
-              f"at c=1, 5, 10 in turn; warm-up {args.warmup_requests:,}", flush=True)
-        total = errors = non2xx = 0
-        warm: dict[str, float] | None = None
-        series: list[tuple[int, dict[str, float]]] = []
-        t0 = time.monotonic()
-        rps = 500.0
-        block = 0
-        others_seen: set[str] = set()
-        while total < args.requests:
-            if time.monotonic() - t0 > args.max_seconds:
-                raise BenchError(f"stopped after {args.max_seconds:.0f} s with {total:,} requests")
-            if not flm.child.alive():
-                raise BenchError(f"FLM exited:\n{flm.child.tail()}")
-            conc = (1, 5, 10)[block % 3]
-            block += 1
-            seconds = min(args.block_seconds, max(1.0, (args.requests - total) / rps))
-            res = loadgen.run_wrk(api["port"], script, conc, seconds)
-            rps = max(50.0, res["rps"])
-            total += int(res["requests"])
-            errors += int(res["errors"])
-            non2xx += int(res["non2xx"])
-            now = sample(proc)
-            series.append((total, now))
-            if warm is None and total >= args.warmup_requests:
-                warm = now
-                print(f"  warm-up done at {total:,} requests: RSS {now['rss_mb']:.1f} MB, fds {now['fds']}")
-            if block % 6 == 0 or total >= args.requests:
-                print(f"  {total:>8,} requests  {time.monotonic() - t0:6.0f} s  last block c={conc:<2} "
-                      f"{res['rps']:6.0f} req/s p99 {res['p99_us'] / 1e3:6.2f} ms  RSS {now['rss_mb']:6.1f} MB  "
-                      f"fds {now['fds']}  errors {errors} non-2xx {non2xx}", flush=True)
-                others_seen.update(other_benchmarks())
-        end = series[-1][1]
-        time.sleep(3)  # the last log flush; then FLM at rest
-        rest = sample(proc)
-        elapsed = time.monotonic() - t0
-        assert warm is not None
-        growth = end["rss_mb"] - warm["rss_mb"]
-        print()
-        print(f"requests {total:,} in {elapsed:.0f} s ({total / elapsed:.0f} req/s), socket errors {errors}, "
-              f"non-2xx {non2xx}")
-        print(f"RSS: start {start['rss_mb']:.1f} MB, after warm-up {warm['rss_mb']:.1f} MB, end {end['rss_mb']:.1f} MB, "
-              f"at rest 3 s later {rest['rss_mb']:.1f} MB; max {max(s['rss_mb'] for _, s in series):.1f} MB")
-        print(f"  growth after warm-up: {growth:+.2f} MB over {total - args.warmup_requests:,} requests "
-              f"[{'PASS' if growth <= 5 else 'MISS'}] target <= 5 MB")
-        steps = [series[i] for i in range(0, len(series), max(1, len(series) // 10))] + [series[-1]]
-        print("  RSS by requests: " + ", ".join(f"{n // 1000}k {s['rss_mb']:.1f}" for n, s in steps))
-        print(f"open fds: start {start['fds']}, after warm-up {warm['fds']}, end {end['fds']}, at rest {rest['fds']} "
-              f"(threads {rest['threads']})")
-        print(f"FLM CPU: {(end['cpu_s'] - start['cpu_s']) / total * 1000:.3f} s per 1,000 requests")
-        for line in prometheus_lines(flm, "dropped", "flm_requests_total"):
-            print(f"  /metrics: {line}")
-        if others_seen:
-            print(f"note: other benchmarks ran during the soak: {sorted(others_seen)}")
-        return 0
-    finally:
-        if flm is not None:
-            flm.stop()
-            harness.remove(flm.data_dir)
-        if backend is not None:
-            backend.stop()
+def soak_requests(args: argparse.Namespace, run: harness.Run) -> int:
+    logdir = run.logdir
+    backend, backend_port = harness.start_backend(logdir)
+    run.add(backend)
+    flm = run.add(start_flm(logdir, backend_port, ["--backend-max-concurrent", "64"]))
+    api = flm.open_api(name="soak", model="bench-model", max_concurrent=64, max_queue=512,
+                   queue_timeout_s=60, upstream_timeout_s=60)
+    script = logdir / "mixed.lua"
+    script.write_text(_MIXED_LUA % {"key": api["key"], "plain": json.dumps(loadgen.chat_body(False)),
+                                    "stream": json.dumps(loadgen.chat_body(True))})
+    proc = psutil.Process(flm.pid)
+    wait_quiet()
+    start = sample(proc)
+    print(f"FLM pid {flm.pid}, API port {api['port']}; start: RSS {start['rss_mb']:.1f} MB, "
+          f"fds {start['fds']}, threads {start['threads']}")
+    print(f"{args.requests:,} requests, half streaming, wrk blocks of {args.block_seconds:g} s "
+          f"at c=1, 5, 10 in turn; warm-up {args.warmup_requests:,}", flush=True)
+    total = errors = non2xx = 0
+    warm: dict[str, float] | None = None
+    series: list[tuple[int, dict[str, float]]] = []
+    t0 = time.monotonic()
+    rps = 500.0
+    block = 0
+    others_seen: set[str] = set()
+    while total < args.requests:
+        if time.monotonic() - t0 > args.max_seconds:
+            raise BenchError(f"stopped after {args.max_seconds:.0f} s with {total:,} requests")
+        if not flm.child.alive():
+            raise BenchError(f"FLM exited:\n{flm.child.tail()}")
+        conc = (1, 5, 10)[block % 3]
+        block += 1
+        seconds = min(args.block_seconds, max(1.0, (args.requests - total) / rps))
+        res = loadgen.run_wrk(api["port"], script, conc, seconds)
+        rps = max(50.0, res["rps"])
+        total += int(res["requests"])
+        errors += int(res["errors"])
+        non2xx += int(res["non2xx"])
+        now = sample(proc)
+        series.append((total, now))
+        if warm is None and total >= args.warmup_requests:
+            warm = now
+            print(f"  warm-up done at {total:,} requests: RSS {now['rss_mb']:.1f} MB, fds {now['fds']}")
+        if block % 6 == 0 or total >= args.requests:
+            print(f"  {total:>8,} requests  {time.monotonic() - t0:6.0f} s  last block c={conc:<2} "
+                  f"{res['rps']:6.0f} req/s p99 {res['p99_us'] / 1e3:6.2f} ms  RSS {now['rss_mb']:6.1f} MB  "
+                  f"fds {now['fds']}  errors {errors} non-2xx {non2xx}", flush=True)
+            others_seen.update(other_benchmarks())
+    end = series[-1][1]
+    time.sleep(3)  # the last log flush; then FLM at rest
+    rest = sample(proc)
+    elapsed = time.monotonic() - t0
+    assert warm is not None
+    growth = end["rss_mb"] - warm["rss_mb"]
+    print()
+    print(f"requests {total:,} in {elapsed:.0f} s ({total / elapsed:.0f} req/s), socket errors {errors}, "
+          f"non-2xx {non2xx}")
+    print(f"RSS: start {start['rss_mb']:.1f} MB, after warm-up {warm['rss_mb']:.1f} MB, end {end['rss_mb']:.1f} MB, "
+          f"at rest 3 s later {rest['rss_mb']:.1f} MB; max {max(s['rss_mb'] for _, s in series):.1f} MB")
+    print(f"  growth after warm-up: {growth:+.2f} MB over {total - args.warmup_requests:,} requests "
+          f"[{'PASS' if growth <= 5 else 'MISS'}] target <= 5 MB")
+    steps = [series[i] for i in range(0, len(series), max(1, len(series) // 10))] + [series[-1]]
+    print("  RSS by requests: " + ", ".join(f"{n // 1000}k {s['rss_mb']:.1f}" for n, s in steps))
+    print(f"open fds: start {start['fds']}, after warm-up {warm['fds']}, end {end['fds']}, at rest {rest['fds']} "
+          f"(threads {rest['threads']})")
+    print(f"FLM CPU: {(end['cpu_s'] - start['cpu_s']) / total * 1000:.3f} s per 1,000 requests")
+    for line in prometheus_lines(flm, "dropped", "flm_requests_total"):
+        print(f"  /metrics: {line}")
+    if others_seen:
+        print(f"note: other benchmarks ran during the soak: {sorted(others_seen)}")
+    return 0
 
 
 # -- issue 6: minutes with faults, asyncio client -------------------------------------------
@@ -468,83 +433,77 @@ def quiet_fds(proc: psutil.Process) -> int:
     return proc.num_fds()
 
 
-def soak_minutes(args: argparse.Namespace, logdir: Path) -> int:
-    fake = flm = None
-    try:
-        fake = harness.Child("fake_backend", [harness.PY, "-m", "tests.fakes.backend", "--port", "0"], logdir)
-        fake_port = int(fake.wait_line("FAKE listening on").rsplit(":", 1)[1])
-        flm = start_flm(logdir, fake_port, ["--backend-max-concurrent", "16"])
-        api = open_api(flm, name="soak", model=MODEL, max_concurrent=16, max_queue=64, queue_timeout_s=10,
+def soak_minutes(args: argparse.Namespace, run: harness.Run) -> int:
+    logdir = run.logdir
+    fake = run.add(harness.Child("fake_backend", [harness.PY, "-m", "tests.fakes.backend", "--port", "0"],
+                                 logdir))
+    fake_port = int(fake.wait_line("FAKE listening on").rsplit(":", 1)[1])
+    flm = run.add(start_flm(logdir, fake_port, ["--backend-max-concurrent", "16"]))
+    api = flm.open_api(name="soak", model=MODEL, max_concurrent=16, max_queue=64, queue_timeout_s=10,
                        upstream_timeout_s=args.upstream_timeout)
-        proc = psutil.Process(flm.pid)
-        prime = Soak(args, api["port"], api["key"], proc)  # connections, pools, caches
-        prime.fault_table = []
-        prime.concurrency = 10
-        asyncio.run(prime.run(3, report=False))
-        if prime.count(failed=True):
-            raise BenchError(f"requests without faults failed while priming: {prime.outcomes}\n{flm.child.tail()}")
-        wait_quiet()
-        fds0 = quiet_fds(proc)
-        start = sample(proc)
-        shares = ", ".join(f"{k} {v * 100:g}%" for k, v in FAULTS.items())
-        print(f"FLM pid {flm.pid}, API port {api['port']} (upstream_timeout_s {args.upstream_timeout:g}); "
-              f"fake backend port {fake_port}")
-        print(f"{args.minutes:g} min at c=1, 5, 10 in turn ({args.phase_seconds:g} s each), half streaming; "
-              f"faults: {shares}")
-        print(f"start: RSS {start['rss_mb']:.1f} MB, fds {fds0} at rest, threads {start['threads']}", flush=True)
-        soak = Soak(args, api["port"], api["key"], proc)
-        asyncio.run(soak.run(args.minutes * 60))
-        end = sample(proc)
-        fds1 = quiet_fds(proc)
-        rest = sample(proc)
-        status, health = flm.admin("GET", "/health")
-        after = Soak(args, api["port"], api["key"], proc)
-        after.fault_table = []
-        asyncio.run(after.run(1, report=False))
-        works = after.count() > 0 and after.count(failed=True) == 0
+    proc = psutil.Process(flm.pid)
+    prime = Soak(args, api["port"], api["key"], proc)  # connections, pools, caches
+    prime.fault_table = []
+    prime.concurrency = 10
+    asyncio.run(prime.run(3, report=False))
+    if prime.count(failed=True):
+        raise BenchError(f"requests without faults failed while priming: {prime.outcomes}\n{flm.child.tail()}")
+    wait_quiet()
+    fds0 = quiet_fds(proc)
+    start = sample(proc)
+    shares = ", ".join(f"{k} {v * 100:g}%" for k, v in FAULTS.items())
+    print(f"FLM pid {flm.pid}, API port {api['port']} (upstream_timeout_s {args.upstream_timeout:g}); "
+          f"fake backend port {fake_port}")
+    print(f"{args.minutes:g} min at c=1, 5, 10 in turn ({args.phase_seconds:g} s each), half streaming; "
+          f"faults: {shares}")
+    print(f"start: RSS {start['rss_mb']:.1f} MB, fds {fds0} at rest, threads {start['threads']}", flush=True)
+    soak = Soak(args, api["port"], api["key"], proc)
+    asyncio.run(soak.run(args.minutes * 60))
+    end = sample(proc)
+    fds1 = quiet_fds(proc)
+    rest = sample(proc)
+    status, health = flm.admin("GET", "/health")
+    after = Soak(args, api["port"], api["key"], proc)
+    after.fault_table = []
+    asyncio.run(after.run(1, report=False))
+    works = after.count() > 0 and after.count(failed=True) == 0
 
-        n, n_clean = soak.count(), soak.count(clean_only=True)
-        warm_s = args.warmup_minutes * 60
-        after_warm = [(t, s["rss_mb"]) for t, s in soak.samples if t >= warm_s]
-        warm_rss = after_warm[0][1] if after_warm else float("nan")
-        slope = slope_per_hour(after_warm)
-        span_h = (after_warm[-1][0] - after_warm[0][0]) / 3600 if len(after_warm) > 1 else float("nan")
-        per_hour = (end["rss_mb"] - warm_rss) / span_h if span_h else float("nan")
-        fds_run = [int(s["fds"]) for t, s in soak.samples if t >= warm_s]
-        fds_ok = fds1 <= fds0 + 10 and (max(fds_run) - min(fds_run) <= 20 if fds_run else True)
-        lat_all, lat_clean = list(soak.lat_all), list(soak.lat_clean)
-        print()
-        print(f"requests {n:,} ({n / (args.minutes * 60):.0f} req/s), with an injected fault {n - n_clean:,}; "
-              f"errors {soak.count(failed=True) / n * 100:.2f} % of all, "
-              f"{soak.count(clean_only=True, failed=True)} among requests without a fault")
-        print(f"latency p50 {pct(lat_all, 50) * 1e3:.2f} ms, p99 {pct(lat_all, 99) * 1e3:.1f} ms "
-              f"(without fault: p99 {pct(lat_clean, 99) * 1e3:.2f} ms, max {max(lat_clean) * 1e3:.0f} ms)")
-        print("outcomes by injected fault:")
-        faults = sorted({f for f, _ in soak.outcomes})
-        for fault in faults:
-            outs = sorted((o, c) for (f, o), c in soak.outcomes.items() if f == fault)
-            print(f"  {fault:16} " + ", ".join(f"{o} {c:,}" for o, c in outs))
-        print(f"RSS: start {start['rss_mb']:.1f} MB, after {args.warmup_minutes:g} min warm-up {warm_rss:.1f} MB, "
-              f"end {end['rss_mb']:.1f} MB, max {max(s['rss_mb'] for _, s in soak.samples):.1f} MB")
-        print(f"  growth after warm-up: {end['rss_mb'] - warm_rss:+.2f} MB in {span_h * 60:.1f} min = "
-              f"{per_hour:+.2f} MB/h (end - warm-up), least-squares slope {slope:+.2f} MB/h over "
-              f"{len(after_warm)} samples [{'PASS' if max(per_hour, slope) <= 5 else 'MISS'}] target <= 5 MB/h")
-        print(f"open fds: at rest before {fds0}, at rest after {fds1}; during the run after warm-up "
-              f"min {min(fds_run, default=0)} max {max(fds_run, default=0)} "
-              f"[{'STABLE' if fds_ok else 'NOT STABLE'}]")
-        print(f"threads {rest['threads']}; FLM CPU {(end['cpu_s'] - start['cpu_s']) / max(1, n) * 1000:.3f} s "
-              f"per 1,000 requests; /health after: {status} "
-              f"{health.get('status') if isinstance(health, dict) else health}; "
-              f"clean requests after the soak: {'all ok' if works else 'FAILED'} ({after.count()})")
-        for line in prometheus_lines(flm, "dropped"):
-            print(f"  /metrics: {line}")
-        return 0
-    finally:
-        if flm is not None:
-            flm.stop()
-            harness.remove(flm.data_dir)
-        if fake is not None:
-            fake.stop()
+    n, n_clean = soak.count(), soak.count(clean_only=True)
+    warm_s = args.warmup_minutes * 60
+    after_warm = [(t, s["rss_mb"]) for t, s in soak.samples if t >= warm_s]
+    warm_rss = after_warm[0][1] if after_warm else float("nan")
+    slope = slope_per_hour(after_warm)
+    span_h = (after_warm[-1][0] - after_warm[0][0]) / 3600 if len(after_warm) > 1 else float("nan")
+    per_hour = (end["rss_mb"] - warm_rss) / span_h if span_h else float("nan")
+    fds_run = [int(s["fds"]) for t, s in soak.samples if t >= warm_s]
+    fds_ok = fds1 <= fds0 + 10 and (max(fds_run) - min(fds_run) <= 20 if fds_run else True)
+    lat_all, lat_clean = list(soak.lat_all), list(soak.lat_clean)
+    print()
+    print(f"requests {n:,} ({n / (args.minutes * 60):.0f} req/s), with an injected fault {n - n_clean:,}; "
+          f"errors {soak.count(failed=True) / n * 100:.2f} % of all, "
+          f"{soak.count(clean_only=True, failed=True)} among requests without a fault")
+    print(f"latency p50 {pct(lat_all, 50) * 1e3:.2f} ms, p99 {pct(lat_all, 99) * 1e3:.1f} ms "
+          f"(without fault: p99 {pct(lat_clean, 99) * 1e3:.2f} ms, max {max(lat_clean) * 1e3:.0f} ms)")
+    print("outcomes by injected fault:")
+    faults = sorted({f for f, _ in soak.outcomes})
+    for fault in faults:
+        outs = sorted((o, c) for (f, o), c in soak.outcomes.items() if f == fault)
+        print(f"  {fault:16} " + ", ".join(f"{o} {c:,}" for o, c in outs))
+    print(f"RSS: start {start['rss_mb']:.1f} MB, after {args.warmup_minutes:g} min warm-up {warm_rss:.1f} MB, "
+          f"end {end['rss_mb']:.1f} MB, max {max(s['rss_mb'] for _, s in soak.samples):.1f} MB")
+    print(f"  growth after warm-up: {end['rss_mb'] - warm_rss:+.2f} MB in {span_h * 60:.1f} min = "
+          f"{per_hour:+.2f} MB/h (end - warm-up), least-squares slope {slope:+.2f} MB/h over "
+          f"{len(after_warm)} samples [{'PASS' if max(per_hour, slope) <= 5 else 'MISS'}] target <= 5 MB/h")
+    print(f"open fds: at rest before {fds0}, at rest after {fds1}; during the run after warm-up "
+          f"min {min(fds_run, default=0)} max {max(fds_run, default=0)} "
+          f"[{'STABLE' if fds_ok else 'NOT STABLE'}]")
+    print(f"threads {rest['threads']}; FLM CPU {(end['cpu_s'] - start['cpu_s']) / max(1, n) * 1000:.3f} s "
+          f"per 1,000 requests; /health after: {status} "
+          f"{health.get('status') if isinstance(health, dict) else health}; "
+          f"clean requests after the soak: {'all ok' if works else 'FAILED'} ({after.count()})")
+    for line in prometheus_lines(flm, "dropped"):
+        print(f"  /metrics: {line}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -564,28 +523,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--requests must be larger than --warmup-requests")
     if args.minutes * 60 <= args.warmup_minutes * 60 + 20:
         p.error("--minutes must leave time after --warmup-minutes")
-    try:
-        if args.requests is not None:
-            loadgen.wrk_path()
-        reason = harness.flm_available()
-    except BenchError as e:
-        reason = str(e)
+    reason = loadgen.preflight(wrk=args.requests is not None)
     if reason:
         print(reason, file=sys.stderr)
         return 2
-    logdir = harness.temp_dir("flm-bench-logs-")
-    failed = False
-    try:
-        return soak_requests(args, logdir) if args.requests is not None else soak_minutes(args, logdir)
-    except BenchError as e:
-        failed = True
-        print(f"\nBENCHMARK FAILED: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if args.keep_logs or failed:
-            print(f"logs kept in {logdir}", file=sys.stderr)
-        else:
-            harness.remove(logdir)
+    with harness.Run(args.keep_logs) as run:
+        return soak_requests(args, run) if args.requests is not None else soak_minutes(args, run)
+    return 1
 
 
 if __name__ == "__main__":

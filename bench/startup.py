@@ -110,19 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-baseline", action="store_true", help="skip the empty-data-dir baseline")
     p.add_argument("--out", help="write the JSON results here")
     args = p.parse_args(argv)
-    reason = harness.flm_available()
+    reason = loadgen.preflight(wrk=False)
     if reason:
         print(reason, file=sys.stderr)
         return 2
 
     wait_quiet()  # the machine is shared: no figures while another benchmark runs
-    logdir = harness.temp_dir("flm-bench-logs-")
-    data_dir = harness.temp_dir("flm-bench-data-")
-    empty_dir = harness.temp_dir("flm-bench-empty-")
-    backend = None
-    failed = False
-    try:
+    with harness.Run() as run:
+        logdir = run.logdir
+        data_dir = run.remove_later(harness.temp_dir("flm-bench-data-"))
+        empty_dir = run.remove_later(harness.temp_dir("flm-bench-empty-"))
         backend, backend_port = harness.start_backend(logdir)
+        run.add(backend)
         seeded = seed(logdir, data_dir, backend_port, args.apis, args.running)
         ports = seeded["running_ports"]
         runs = []
@@ -167,19 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 "baseline_runs": base, "create_s": seeded["create_s"], "latency": lat}, indent=2))
             print(f"\nJSON written to {args.out}")
         return 0
-    except BenchError as e:
-        failed = True
-        print(f"\nBENCHMARK FAILED: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if backend is not None:
-            backend.stop()
-        for d in (data_dir, empty_dir):
-            harness.remove(d)
-        if failed:
-            print(f"logs kept in {logdir}", file=sys.stderr)
-        else:
-            harness.remove(logdir)
+    return 1
 
 
 if __name__ == "__main__":
