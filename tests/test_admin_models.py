@@ -146,13 +146,17 @@ class AdminTests(AdminCase):
         assert len(self.call("POST", "refresh")[2]["models"]) == 3
 
     def test_pull_validation(self) -> None:
-        for body, code, word in [(b"{", 400, "JSON"), (b"[]", 400, "object"),
-                                 (b"{}", 422, "name"), (b'{"name": 5}', 422, "name"),
-                                 (b'{"name": "a b"}', 422, "name"),
-                                 (b'{"name": "x", "insecure": true}', 422, "insecure")]:
+        # The admin API's one JSON parser and one code for an unknown field.
+        for body, code, word, error_code in [
+                (b"{", 400, "JSON", "invalid_json"), (b"[]", 422, "object", "invalid_body"),
+                (b'{"name": NaN}', 400, "JSON", "invalid_json"),
+                (b"{}", 422, "name", "invalid_field"), (b'{"name": 5}', 422, "name", None),
+                (b'{"name": "a b"}', 422, "name", None),
+                (b'{"name": "x", "insecure": true}', 422, "insecure", "unknown_field")]:
             got, _, err = self.call("POST", "pull", data=body)
             assert got == code, body
             assert word in err["error"]["message"], body
+            assert error_code in (None, err["error"]["code"]), err
         assert self.fake.pulls == []
 
     def test_pull_and_watch(self) -> None:

@@ -25,6 +25,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from flm.admin.errors import AdminError, error, json_body
+from flm.admin.validation import parse_json
 from flm.backends.base import (
     Backend,
     BackendError,
@@ -117,7 +118,7 @@ class ModelsAdmin:
         body = _json_object(request)
         unknown = sorted(set(body) - {"name"})
         if unknown:
-            raise AdminError(422, "invalid_field", f"{unknown[0]}: unknown field")
+            raise AdminError(422, "unknown_field", f"{unknown[0]}: unknown field")
         try:
             job = self._pulls.start(body.get("name"))  # type: ignore[arg-type]
         except ValueError as e:
@@ -220,13 +221,7 @@ def _json_object(request: IRequest) -> dict[str, Any]:
     raw = request.content.read(MAX_BODY + 1) if request.content else b""  # type: ignore[attr-defined]
     if len(raw) > MAX_BODY:
         raise AdminError(413, "request_too_large", "the request body is too large")
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise AdminError(400, "invalid_json", "the request body is not valid JSON")
-    if not isinstance(body, dict):
-        raise AdminError(400, "invalid_json", "the request body must be a JSON object")
-    return body
+    return parse_json(raw)
 
 
 class _EventStream:

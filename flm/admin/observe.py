@@ -23,23 +23,31 @@ PROMETHEUS_CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4",
 _LOG_PARAMS = {b"limit", b"cursor", b"status", b"since", b"until"}
 
 
+# Times from 1970 to the end of year 9999: what ``utc_iso`` can print and SQLite can hold.
+EARLIEST, LATEST = 0.0, 253402300799.0
+
+
 def parse_time(field: str, raw: str) -> float:
-    """ISO 8601 (no offset means UTC) or epoch seconds."""
+    """ISO 8601 (no offset means UTC) or epoch seconds, from 1970 to year 9999."""
     try:
         value = float(raw)
         if not math.isfinite(value):
             raise ValueError
-        return value
     except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(raw)
-    except ValueError:
-        raise invalid(field, "must be an ISO 8601 time such as 2024-05-01T12:00:00Z or "
-                             "epoch seconds") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.timestamp()
+        try:
+            when = datetime.fromisoformat(raw)
+        except ValueError:
+            raise invalid(field, "must be an ISO 8601 time such as 2024-05-01T12:00:00Z or "
+                                 "epoch seconds") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        try:
+            value = when.timestamp()
+        except (OverflowError, ValueError):
+            value = math.inf
+    if not EARLIEST <= value <= LATEST:
+        raise invalid(field, "must be a time from 1970-01-01 to 9999-12-31")
+    return value
 
 
 def _arg(args: dict[bytes, list[bytes]], name: str) -> str | None:
@@ -121,8 +129,10 @@ class Observe:
         since, until = _range(args)
         api_id = await self._api_id(None, ref)
         if until is None:
-            until = self.clock.seconds() if since is None else max(since + 60,
-                                                                    self.clock.seconds())
+            if since is not None and since >= LATEST:
+                raise invalid("since", "must be before 9999-12-31T23:59:59Z")
+            until = self.clock.seconds() if since is None else min(
+                max(since + 60, self.clock.seconds()), LATEST)
         if since is None:
             since = until - DAY
         if until <= since:
