@@ -106,6 +106,9 @@ class Settings:
     admin_allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     # Let the admin API listen beyond loopback without TLS (an ssl: endpoint).
     admin_insecure: bool = False
+    # GET /metrics without the admin token also beyond loopback (it names every API).
+    metrics_public: bool = attrs.field(default=False,
+                                       validator=attrs.validators.instance_of(bool))
 
     def __attrs_post_init__(self) -> None:
         kind, interface = admin_listener(self.admin)
@@ -113,6 +116,12 @@ class Settings:
             raise SettingsError(
                 f"admin: {self.admin!r} listens beyond loopback without TLS; use an ssl: "
                 "endpoint, or set admin_insecure = true if something else protects it")
+
+    @property
+    def admin_on_loopback(self) -> bool:
+        """Only this machine reaches the admin endpoint (loopback or a UNIX socket)."""
+        kind, interface = admin_listener(self.admin)
+        return kind == "unix" or _loopback(interface)
 
     @property
     def admin_hosts(self) -> frozenset[str]:

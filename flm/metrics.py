@@ -163,6 +163,9 @@ class Metrics(PeriodicService):
         self._completion = Counter("flm_completion_tokens", "Completion tokens the backend "
                                    "reported.", ["api"], registry=r)
         self._children: dict[int, tuple[Any, ...]] = {}
+        # Deleted APIs (ids are never reused): rows of requests that end after the delete
+        # must not bring their series, or a rollup, back.
+        self._deleted: set[int] = set()
         r.register(RuntimeCollector(registry, logbuffer))
 
     # observing rows (on the request path: cheap, and never raises)
@@ -170,6 +173,8 @@ class Metrics(PeriodicService):
     def observe(self, row: Sequence[Any]) -> None:
         try:
             api_id = row[_API]
+            if api_id in self._deleted:
+                return
             key = (api_id, int(row[_AT] // 60) * 60)
             minute = self.minutes.get(key)
             if minute is None:
@@ -200,6 +205,20 @@ class Metrics(PeriodicService):
             prompt.inc(row[_PROMPT])
         if row[_COMPLETION]:
             completion.inc(row[_COMPLETION])
+
+    def forget(self, api_id: int) -> None:
+        """The API was deleted: drop its series and its minutes not yet rolled up."""
+        self._deleted.add(api_id)
+        for key in [k for k in self.minutes if k[0] == api_id]:
+            del self.minutes[key]
+        children = self._children.pop(api_id, None)
+        if children is None:
+            return
+        a = str(api_id)
+        for cls in children[0]:
+            self._requests.remove(a, cls)
+        for family in (self._latency, self._ttfb, self._prompt, self._completion):
+            family.remove(a)
 
     def pending(self, api_id: int, since: float, until: float) -> list[list[Any]]:
         """Minutes not yet in the store, as rollup rows: fresh data for the metrics API."""

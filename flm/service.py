@@ -145,6 +145,7 @@ class FLMService(MultiService):
         self.metrics = Metrics(self.store, reactor, registry=self.registry,
                                logbuffer=self.logbuffer)
         self.logbuffer.observers.append(self.metrics.observe)
+        apis.forget = self.metrics.forget
         self.monitor = Monitor(reactor, interval=settings.monitor_interval_s,
                                memory_limit=settings.memory_limit)
         self.retention = Retention(self.store, reactor,
@@ -154,7 +155,9 @@ class FLMService(MultiService):
                           registry=self.registry, logbuffer=self.logbuffer, clock=reactor)
         self.admin = AdminApp(token=token, apis=apis, health=health,
                               models=_models_admin(self.models, self.pulls, self.backend,
-                                                   self.registry), observe=observe)
+                                                   self.registry), observe=observe,
+                              admin_loopback=settings.admin_on_loopback,
+                              metrics_public=settings.metrics_public)
         site = AdminSite(self.admin.resource(), clock=reactor,
                          max_body=settings.admin_max_body_bytes, **limits)
         site.allowed_hosts = settings.admin_hosts

@@ -186,3 +186,13 @@ def test_settings_are_frozen() -> None:
     s = Settings(data_dir=DATA)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         s.backend = "x"  # type: ignore[misc]
+
+
+def test_metrics_public_and_where_the_admin_listens() -> None:
+    from flm.config import Settings
+    assert Settings().admin_on_loopback and not Settings().metrics_public
+    assert Settings(admin="unix:/tmp/flm.sock").admin_on_loopback
+    wide = Settings(admin="tcp:8420:interface=0.0.0.0", admin_insecure=True)
+    assert not wide.admin_on_loopback
+    assert not Settings(admin="tcp:8420", admin_insecure=True).admin_on_loopback
+    assert Settings(metrics_public=True).metrics_public

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from flm import keys
 from flm.admin.errors import AdminError
@@ -31,6 +31,8 @@ class Apis:
         self.api_host = api_host
         self.first_port = first_port
         self.reserved_ports = reserved_ports
+        # Told the id of a deleted API (the metrics drop its series).
+        self.forget: Callable[[int], None] = lambda api_id: None
 
     async def find(self, ref: str) -> ApiRecord:
         api = await self.store.get_api(ref)
@@ -145,3 +147,4 @@ class Apis:
         api = await self.find(ref)
         await self.registry.stop(api.id, status=None)
         await self.store.delete_api(api.id)
+        self.forget(api.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 from typing import Any, Awaitable, Callable
 from urllib.parse import unquote_to_bytes
@@ -53,6 +54,16 @@ def _without_port(host: str) -> str:
     return host.split(":")[0] if host.count(":") == 1 else host
 
 
+def _loopback_peer(request: Any) -> bool:
+    host = getattr(request.getClientAddress(), "host", None)
+    if host is None:  # a UNIX socket: only this machine reaches it
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class AdminSite(GuardedSite):
     requestFactory = AdminRequest
     allowed_hosts: frozenset[str] = frozenset({"*"})
@@ -73,8 +84,13 @@ class AdminApp:
     app = Klein()
 
     def __init__(self, *, token: str, apis: Apis, health: Callable[[], Awaitable[tuple[int, dict]]],
-                 models: Any = None, observe: Any = None) -> None:
+                 models: Any = None, observe: Any = None, admin_loopback: bool = True,
+                 metrics_public: bool = False) -> None:
         self._token = token.encode()
+        # /metrics names every API: open only to loopback clients of a loopback admin
+        # endpoint, unless the operator made it public.
+        self._admin_loopback = admin_loopback
+        self._metrics_public = metrics_public
         self.apis = apis
         self._health = health
         self._models = models
@@ -210,6 +226,8 @@ class AdminApp:
 
     @app.route("/metrics", methods=["GET"])
     def prometheus(self, request: Any) -> bytes:
+        if not (self._metrics_public or (self._admin_loopback and _loopback_peer(request))):
+            self._auth(request)
         if self._observe is None:
             raise AdminError(404, "not_found", "Metrics are not available.")
         request.setHeader(b"content-type", PROMETHEUS_CONTENT_TYPE)
