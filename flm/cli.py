@@ -40,14 +40,22 @@ class UsageError(CliError):
 class AdminClient:
     """JSON over HTTP to the admin API; every failure becomes a :class:`CliError`."""
 
-    def __init__(self, url: str, token: str | None, token_source: str, timeout: float) -> None:
+    def __init__(self, url: str, token: str | None, token_source: str, timeout: float,
+                 insecure: bool = False) -> None:
         self.url = url.rstrip("/")
         self._token = token
         self._token_source = token_source
         self._timeout = timeout
-        host = urllib.parse.urlsplit(self.url).hostname or ""
-        # A loopback admin API is never reached through $http_proxy.
-        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(host) else []
+        parts = urllib.parse.urlsplit(self.url)
+        host = parts.hostname or ""
+        if parts.scheme == "http" and not _is_loopback(host) and not insecure:
+            raise CliError(f"refusing to send the admin token over plain HTTP to {host}; use "
+                           "an https:// URL, or --insecure if the network is trusted")
+        # A loopback admin API is never reached through $http_proxy; a redirect is never
+        # followed (it would carry the token to wherever it points).
+        handlers: list[Any] = [_NoRedirect()]
+        if _is_loopback(host):
+            handlers.append(urllib.request.ProxyHandler({}))
         self._opener = urllib.request.build_opener(*handlers)
 
     def request(
@@ -115,6 +123,10 @@ class AdminClient:
             raise CliError(f"cannot reach {self.url}: {_reason(exc)}") from None
 
     def _http_message(self, exc: urllib.error.HTTPError) -> str:
+        if 300 <= exc.code < 400:
+            where = exc.headers.get("Location") or "elsewhere"
+            return (f"{self.url} answered with a redirect ({exc.code}) to {where[:200]}; not "
+                    "following it with the admin token (use --url with the final address)")
         try:
             message = str(json.loads(exc.read())["error"]["message"])
         except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException):
@@ -126,6 +138,13 @@ class AdminClient:
                 where = f"--token, $FLM_ADMIN_TOKEN or {self._token_source}"
                 message += f" (no admin token: use {where})"
         return message
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Turns every redirect into an error: urllib would forward ``Authorization``."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def _is_loopback(host: str) -> bool:
@@ -187,21 +206,41 @@ def _field(flag: str, dest: str, kind: Callable[[str], Any], meta: str, help: st
 
 API = _arg("api", help="the API's name or id")
 MODEL = _arg("name", help="a model name, e.g. llama3.2:1b")
-LIMITS = [
-    _field("--port", "port", _positive, "P", "TCP port (default: the first free one from 8080)"),
-    _field("--max-concurrent", "max_concurrent", _positive, "N", "at the backend at once (1)"),
-    _field("--max-queue", "max_queue", _whole, "N", "requests that may wait (32)"),
-    _field("--queue-timeout", "queue_timeout_s", _number, "S", "seconds one may wait (60)"),
-    _field("--upstream-timeout", "upstream_timeout_s", _number, "S", "seconds for the backend"
-           " (300)"),
-    _field("--rate-limit-rpm", "rate_limit_rpm", _rpm, "N", "per minute, or 'none' (none)"),
-    _field("--priority", "priority", int, "N", "higher goes first when the backend is busy (0)"),
-    _arg("--allow-unknown-model", action="store_true", default=UNSET,
-         help="accept a model the backend does not list"),
-]  # fmt: skip
-BODY_FIELDS = ("name", "model", "port", "max_concurrent", "max_queue", "queue_timeout_s",
+def _limits(create: bool) -> list[Arg]:
+    """The API fields as options; ``apis update`` shows no defaults (it changes only what
+    is given)."""
+    def help(text: str, default: str) -> str:
+        return f"{text} ({default})" if create else text
+    return [
+        _field("--host", "host", str, "IP", help("address to listen on; beyond loopback it "
+               "serves HTTPS unless --plain-http", "the service's api_host")),
+        _field("--port", "port", _positive, "P", help("TCP port", "default: the first free "
+               "one from 8080")),
+        _field("--max-concurrent", "max_concurrent", _positive, "N", help("at the backend at "
+               "once", "1")),
+        _field("--max-queue", "max_queue", _whole, "N", help("requests that may wait", "32")),
+        _field("--queue-timeout", "queue_timeout_s", _number, "S", help("seconds one may "
+               "wait", "60")),
+        _field("--upstream-timeout", "upstream_timeout_s", _number, "S", help("seconds for "
+               "the backend", "300")),
+        _field("--rate-limit-rpm", "rate_limit_rpm", _rpm, "N", help("per minute, or 'none'",
+               "none")),
+        _field("--priority", "priority", int, "N", help("higher goes first when the backend "
+               "is busy", "0")),
+        _field("--tls-cert", "tls_cert", str, "PATH", help("PEM certificate for HTTPS on this "
+               "API", "the service's tls_cert")),
+        _field("--tls-key", "tls_key", str, "PATH", help("PEM private key for HTTPS on this "
+               "API", "the service's tls_key")),
+        _arg("--plain-http", dest="insecure", action="store_true", default=UNSET,
+             help="serve plain HTTP even beyond loopback (the API's insecure field)"),
+        _arg("--allow-unknown-model", action="store_true", default=UNSET,
+             help="accept a model the backend does not list"),
+    ]  # fmt: skip
+
+
+BODY_FIELDS = ("name", "model", "host", "port", "max_concurrent", "max_queue", "queue_timeout_s",
                "upstream_timeout_s", "rate_limit_rpm", "priority", "start",
-               "allow_unknown_model")  # fmt: skip
+               "allow_unknown_model", "insecure", "tls_cert", "tls_key")  # fmt: skip
 
 
 def _api_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -289,6 +328,12 @@ def _apis_list(client: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _apis_delete(client: AdminClient, args: argparse.Namespace) -> int:
+    client.request("DELETE", _api_path(args))  # 204, no body
+    _emit(args, {"deleted": args.api}, lambda d, a: f"Deleted API {a.api}.")
+    return 0
+
+
 def _models_rm(client: AdminClient, args: argparse.Namespace) -> int:
     # The service refuses (409 model_in_use) while a running API uses the model.
     path = "/api/models/" + urllib.parse.quote(args.name, safe="")
@@ -346,7 +391,8 @@ def _pull_states(client: AdminClient, job: str) -> Iterator[dict[str, Any]]:
 def _logs(client: AdminClient, args: argparse.Namespace) -> int:
     path = _api_path(args, "/logs")
     page = client.request(
-        "GET", path, query={"limit": args.limit, "status": args.status, "since": args.since}
+        "GET", path, query={"limit": args.limit, "status": args.status, "since": args.since,
+                            "until": args.until}
     )
     if args.json and not args.follow:
         print(json.dumps(page, indent=2))
@@ -368,7 +414,7 @@ def _logs(client: AdminClient, args: argparse.Namespace) -> int:
             sleep(1)
             rows = _logs_after(client, path, args.status, last)
     except KeyboardInterrupt:
-        return 0
+        return 130  # as documented: Ctrl-C ends with 130, also while following
 
 
 def _logs_after(
@@ -405,7 +451,7 @@ COMMANDS: list[tuple[str, str | None, str, list[Arg], Handler]] = [
      _apis_list),
     ("apis", "create", "create an API and print its key", [
         _arg("name", help="a unique name"),
-        _arg("--model", required=True, help="a model the backend serves"), *LIMITS,
+        _arg("--model", required=True, help="a model the backend serves"), *_limits(True),
         _arg("--no-start", dest="start", action="store_false", default=UNSET,
              help="create it stopped")],
      _call("POST", lambda a: "/api/apis", lambda d, a: fmt.api_created(d), body=_api_body)),
@@ -413,10 +459,10 @@ COMMANDS: list[tuple[str, str | None, str, list[Arg], Handler]] = [
      _call("GET", _api_path, lambda d, a: fmt.api_details(d))),
     ("apis", "update", "change some of an API's fields", [
         API, _arg("--name", default=UNSET, help="a new name"),
-        _arg("--model", default=UNSET, help="a new model"), *LIMITS],
+        _arg("--model", default=UNSET, help="a new model"), *_limits(False)],
      _call("PATCH", _api_path, lambda d, a: fmt.api_details(d), body=_patch_body)),
     ("apis", "delete", "stop and delete an API, its logs and metrics", [API],
-     _call("DELETE", _api_path, lambda d, a: f"Deleted API {a.api}.")),
+     _apis_delete),
     ("apis", "start", "open an API's port", [API], _state_change("start")),
     ("apis", "stop", "close an API's port", [API], _state_change("stop")),
     ("apis", "rotate-key", "replace an API's key", [API],
@@ -424,7 +470,8 @@ COMMANDS: list[tuple[str, str | None, str, list[Arg], Handler]] = [
     ("logs", None, "an API's request log, oldest first", [
         API, _arg("--limit", type=_positive, metavar="N", help="rows (default: the server's)"),
         _arg("--status", help="a status code (500) or class (5xx)"),
-        _arg("--since", metavar="ISO", help="ISO 8601 time"),
+        _arg("--since", metavar="ISO", help="ISO 8601 time: rows from then"),
+        _arg("--until", metavar="ISO", help="ISO 8601 time: rows before then"),
         _arg("-f", "--follow", action="store_true", help="print new rows as they come")],
      _logs),
     ("metrics", None, "an API's per-minute metrics", [
@@ -449,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="where admin-token is (default: $FLM_DATA_DIR "
                         "or ~/.local/share/flm)")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")
+    parser.add_argument("--insecure", dest="insecure_url", action="store_true", help="allow a plain http:// admin "
+                        "URL beyond loopback (the token crosses the network unencrypted)")
     parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
     parser.add_argument("--version", action="version", version=f"flm {__version__}")
     leaf_common = argparse.ArgumentParser(add_help=False)
@@ -477,8 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``flm`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     args = build_parser().parse_args(argv)
-    client = AdminClient(*_resolve_url_and_token(args), timeout=args.timeout)
     try:
+        client = AdminClient(*_resolve_url_and_token(args), timeout=args.timeout,
+                             insecure=args.insecure_url)
         return int(args.handler(client, args))
     except UsageError as exc:
         print(f"flm: error: {exc}", file=sys.stderr)

@@ -296,7 +296,8 @@ class LineProgress:
 # -- admin API objects -------------------------------------------------------------
 
 _API_FIELDS = [
-    ("name", "name"), ("id", "id"), ("status", "status"), ("port", "port"),
+    ("name", "name"), ("id", "id"), ("status", "status"), ("host", "host"),
+    ("port", "port"), ("insecure", "insecure"),
     ("model", "model"), ("key_prefix", "key prefix"), ("max_concurrent", "max concurrent"),
     ("max_queue", "max queue"), ("queue_timeout_s", "queue timeout"),
     ("upstream_timeout_s", "upstream timeout"), ("rate_limit_rpm", "rate limit"),
@@ -329,15 +330,20 @@ def api_list(page: Mapping[str, Any]) -> str:
     if not items:
         return "No APIs. Create one with: flm apis create NAME --model MODEL"
     rows = [
-        [a.get("name"), a.get("id"), a.get("status"), a.get("port"), a.get("model"),
-         a.get("key_prefix"), _api_value("last_used_at", a.get("last_used_at"))]
+        [a.get("name"), a.get("id"), a.get("status"), _host(a.get("host")),
+         a.get("port"), a.get("model"), a.get("key_prefix"),
+         _api_value("last_used_at", a.get("last_used_at"))]
         for a in items
     ]  # fmt: skip
-    text = table(["NAME", "ID", "STATUS", "PORT", "MODEL", "KEY", "LAST USED"], rows)
+    text = table(["NAME", "ID", "STATUS", "HOST", "PORT", "MODEL", "KEY", "LAST USED"], rows)
     total = page.get("total")
     if isinstance(total, int) and total > len(items):
         text += f"\n({len(items)} of {total} APIs)"
     return text
+
+
+def _host(host: object) -> str:
+    return "-" if host is None else f"[{host}]" if ":" in str(host) else str(host)
 
 
 def key_notice(key: object) -> str:
@@ -441,5 +447,7 @@ def status_text(url: str, health: Mapping[str, Any], system: Mapping[str, Any] |
         ]),  # fmt: skip
     ]
     if system:
-        lines.append(describe(system))
+        # memory is on the line above; dropped rows are in log_rows
+        shown = ("rss_bytes", "memory_limit_bytes", "dropped_log_rows")
+        lines.append(describe({k: v for k, v in system.items() if k not in shown}))
     return "\n".join(lines)

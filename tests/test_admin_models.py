@@ -267,6 +267,7 @@ class OpenAIAdminTests(AdminCase):
                                  ("DELETE", "x", {}), ("GET", "x", {})]:
             code, _, body = self.call(method, path, **kw)
             assert code == 501 and body["error"]["code"] == "not_supported"
+            assert body["error"]["message"].startswith("an OpenAI-compatible backend cannot ")
 
 
 

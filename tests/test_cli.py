@@ -20,7 +20,7 @@ T0 = "2024-05-01T12:34:56.789Z"
 
 def api_object(n: int, **changes: Any) -> dict[str, Any]:
     api = {
-        "id": n, "name": f"api{n}", "port": 8079 + n, "model": "llama3.2:1b",
+        "id": n, "name": f"api{n}", "host": "127.0.0.1", "port": 8079 + n, "model": "llama3.2:1b",
         "status": "running", "key_prefix": f"flm-k{n}", "created_at": T0, "updated_at": T0,
         "last_used_at": None, "max_concurrent": 1, "max_queue": 32, "queue_timeout_s": 60,
         "upstream_timeout_s": 300, "rate_limit_rpm": None, "priority": 0,
@@ -134,10 +134,10 @@ def test_apis_list_follows_cursors_and_prints_a_table(admin: FakeAdmin, capsys: 
         ("GET", "/api/apis?limit=500&cursor=c2", f"Bearer {TOKEN}", None),
     ]
     assert capsys.readouterr().out == (
-        "NAME  ID  STATUS   PORT  MODEL        KEY     LAST USED\n"
-        "api1   1  running  8080  llama3.2:1b  flm-k1  never\n"
-        "api2   2  running  8081  llama3.2:1b  flm-k2  never\n"
-        "api3   3  stopped  8082  qwen         flm-k3  never\n"
+        "NAME  ID  STATUS   HOST       PORT  MODEL        KEY     LAST USED\n"
+        "api1   1  running  127.0.0.1  8080  llama3.2:1b  flm-k1  never\n"
+        "api2   2  running  127.0.0.1  8081  llama3.2:1b  flm-k2  never\n"
+        "api3   3  stopped  127.0.0.1  8082  qwen         flm-k3  never\n"
     )
 
 
@@ -241,6 +241,7 @@ def test_apis_show_prints_fields_and_hides_nothing_unknown(admin: FakeAdmin, cap
         "name              api7\n"
         "id                7\n"
         "status            running\n"
+        "host              127.0.0.1\n"
         "port              8086\n"
         "model             llama3.2:1b\n"
         "key prefix        flm-k7\n"
@@ -253,7 +254,6 @@ def test_apis_show_prints_fields_and_hides_nothing_unknown(admin: FakeAdmin, cap
         "created           2024-05-01 12:34:56\n"
         "updated           2024-05-01 12:34:56\n"
         "last used         2024-05-02 01:02:03\n"
-        "host              127.0.0.1\n"
     )
 
 
@@ -362,7 +362,6 @@ def test_status_summarises_health_and_system(admin: FakeAdmin, capsys: Any) -> N
         f"FLM at {admin.url}: degraded\n"
         "backend  UNREACHABLE\n"
         "memory   50.0 MiB (limit 1.0 GiB)\n"
-        "rss               50.0 MiB\n"
         "cpu               3.2%\n"
         "uptime            1h01m\n"
         "open connections  4\n"
@@ -410,7 +409,7 @@ def test_logs_follow_prints_only_new_rows_until_ctrl_c(
             raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "sleep", fake_sleep)
-    assert run(admin, "logs", "chat", "--follow", "--json") == 0
+    assert run(admin, "logs", "chat", "--follow", "--json") == 130  # Ctrl-C, as documented
     assert sleeps == [1, 1, 1]
     assert admin.paths() == [
         "GET /api/apis/chat/logs",

@@ -188,8 +188,10 @@ class ModelsAdmin:
 
     def _require_management(self, what: str) -> None:
         if not self._backend.can_manage_models:
-            raise AdminError(501, "not_supported", f"a {self._backend.kind} backend cannot "
-                             f"{what} models through FLM; manage them on the model server")
+            kind = {"openai": "an OpenAI-compatible", "ollama": "an Ollama"}.get(
+                self._backend.kind, f"a {self._backend.kind}")
+            raise AdminError(501, "not_supported", f"{kind} backend cannot {what} models "
+                             "through FLM; manage them on the model server")
 
     def _known_name(self, name: str) -> str:
         try:
