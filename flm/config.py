@@ -106,11 +106,20 @@ class Settings:
     admin_allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     # Let the admin API listen beyond loopback without TLS (an ssl: endpoint).
     admin_insecure: bool = False
+    # PEM certificate and private key (file paths) for API ports beyond loopback; an
+    # API's own tls_cert / tls_key win. Without either, such an API must say insecure.
+    tls_cert: str | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.instance_of(str)))
+    tls_key: str | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.instance_of(str)))
     # GET /metrics without the admin token also beyond loopback (it names every API).
     metrics_public: bool = attrs.field(default=False,
                                        validator=attrs.validators.instance_of(bool))
 
     def __attrs_post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError("tls_cert: tls_cert and tls_key go together; set both or "
+                                "neither")
         kind, interface = admin_listener(self.admin)
         if kind in ("tcp", "tcp6") and not _loopback(interface) and not self.admin_insecure:
             raise SettingsError(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.endpoints import (SSL4ServerEndpoint, TCP4ServerEndpoint,
+                                       TCP6ServerEndpoint)
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
@@ -21,14 +23,23 @@ from flm.proxy.errors import error_json as openai_error
 from flm.proxy.request import ProxyRequest
 from flm.proxy.resource import ProxyResource, Upstream
 from flm.store import ApiRecord, Store
+from flm.tls import TlsProblem, needs_tls, server_options
 
 log = Logger()
 
 
 class PortInUse(Exception):
-    def __init__(self, port: int, reason: str) -> None:
-        super().__init__(f"port {port} is in use: {reason}")
+    """An API cannot listen; ``field`` names what to change: ``port`` (taken), ``host``
+    (not an address of this machine, or TLS missing) or ``tls_cert`` / ``tls_key``."""
+
+    def __init__(self, port: int, reason: str, field: str = "port") -> None:
+        super().__init__(f"port {port} is in use: {reason}" if field == "port" else reason)
         self.port = port
+        self.field = field
+
+
+def _not_here(host: str) -> PortInUse:
+    return PortInUse(0, f"{host} is not an address of this machine", "host")
 
 
 class ConfigCache:
@@ -117,21 +128,30 @@ class ApiRuntime:
         return config
 
 
-def _endpoint(reactor: Any, host: str, port: int) -> Any:
+def _endpoint(reactor: Any, host: str, port: int, tls: Any = None) -> Any:
+    if tls is not None:
+        return SSL4ServerEndpoint(reactor, port, tls, interface=host)
     if ":" in host:
         return TCP6ServerEndpoint(reactor, port, interface=host)
     return TCP4ServerEndpoint(reactor, port, interface=host)
 
 
-def port_is_free(host: str, port: int) -> bool:
+def bind_problem(host: str, port: int) -> PortInUse | None:
+    """Why ``host:port`` cannot be listened on now (port 0: is ``host`` on this machine)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-        except OSError:
-            return False
-    return True
+        except OSError as e:
+            if e.errno == errno.EADDRNOTAVAIL:
+                return _not_here(host)
+            return PortInUse(port, f"cannot listen on {host}:{port}: {e.strerror}")
+    return None
+
+
+def port_is_free(host: str, port: int) -> bool:
+    return bind_problem(host, port) is None
 
 
 class Registry(Service):
@@ -140,8 +160,11 @@ class Registry(Service):
     name = "registry"
 
     def __init__(self, store: Store, upstream: Upstream, *, reactor: Any, cache_size: int,
-                 grace_period: float, site_limits: dict[str, Any]) -> None:
+                 grace_period: float, site_limits: dict[str, Any],
+                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
         self.store = store
+        self.tls_cert = tls_cert  # the settings' defaults; an API's own paths win
+        self.tls_key = tls_key
         self.upstream = upstream
         self.reactor = reactor
         self.clock = upstream.clock
@@ -164,6 +187,29 @@ class Registry(Service):
             except PortInUse:
                 pass
 
+    def tls_options(self, config: ApiRecord) -> Any:
+        """Server TLS options for ``config``, None for plain HTTP; raises ``TlsProblem``."""
+        if not needs_tls(config.host, config.insecure):
+            return None
+        return server_options(config.tls_cert or self.tls_cert, config.tls_key or self.tls_key)
+
+    @staticmethod
+    def listen_key(config: ApiRecord) -> tuple[Any, ...]:
+        """What the listening port depends on: a change of it means listening anew."""
+        return (config.host, config.port, config.insecure, config.tls_cert, config.tls_key)
+
+    async def _listen(self, config: ApiRecord, site: ApiSite) -> IListeningPort:
+        try:
+            tls = self.tls_options(config)
+            return await _endpoint(self.reactor, config.host, config.port, tls).listen(site)
+        except TlsProblem as e:
+            raise PortInUse(config.port, e.message, e.field) from None
+        except CannotListenError as e:
+            if getattr(e.socketError, "errno", None) == errno.EADDRNOTAVAIL:
+                raise _not_here(config.host) from None
+            raise PortInUse(config.port, f"cannot listen on {config.host}:{config.port}: "
+                                         f"{e.socketError}") from None
+
     async def start(self, config: ApiRecord) -> ApiRecord:
         """Open the API's port (idempotent); a busy port sets status ``error`` and raises."""
         if config.id in self.runtimes:
@@ -171,12 +217,12 @@ class Registry(Service):
         runtime = ApiRuntime(self, config)
         site = ApiSite(runtime, self.upstream, **self.site_limits)
         try:
-            listener = await _endpoint(self.reactor, config.host, config.port).listen(site)
-        except CannotListenError as e:
-            reason = f"cannot listen on {config.host}:{config.port}: {e.socketError}"
+            listener = await self._listen(config, site)
+        except PortInUse as e:
+            reason = str(e)
             await self.store.update_api(config.id, {"status": "error", "status_reason": reason})
             log.warn("API {name}: {reason}", name=config.name, reason=reason)
-            raise PortInUse(config.port, reason) from None
+            raise
         runtime.listener, runtime.site = listener, site
         self.runtimes[config.id] = runtime
         if config.status != "running" or config.status_reason:
@@ -185,6 +231,29 @@ class Registry(Service):
         self.cache.put(config)
         log.info("API {name} listening on {host}:{port}", name=config.name, host=config.host,
                  port=listener.getHost().port)
+        return config
+
+    async def move(self, target: ApiRecord,
+                   persist: Callable[[], Awaitable[ApiRecord]]) -> ApiRecord:
+        """Move a running API to ``target``'s port (host, TLS): open the new port, then
+        ``persist`` the change, then close the old port. Should listening or ``persist``
+        fail, the API keeps serving on its old port and the error is raised."""
+        runtime = self.runtimes[target.id]
+        site = ApiSite(runtime, self.upstream, **self.site_limits)
+        listener = await self._listen(target, site)
+        try:
+            config = await persist()
+        except BaseException:
+            await maybeDeferred(listener.stopListening)
+            raise
+        old_listener, old_site = runtime.listener, runtime.site
+        runtime.listener, runtime.site = listener, site
+        runtime.host, runtime.port = config.host, config.port
+        runtime.apply(config)
+        self.cache.put(config)
+        await self._close_port(old_listener, old_site)
+        log.info("API {name} moved to {host}:{port}", name=config.name, host=config.host,
+                 port=config.port)
         return config
 
     async def stop(self, api_id: int, status: str | None = "stopped") -> None:
@@ -197,27 +266,25 @@ class Registry(Service):
             await self._close(runtime)
 
     async def _close(self, runtime: ApiRuntime) -> None:
-        if runtime.listener is not None:
-            await maybeDeferred(runtime.listener.stopListening)
-        for channel in list(runtime.site.channels if runtime.site else ()):
+        await self._close_port(runtime.listener, runtime.site)
+
+    @staticmethod
+    async def _close_port(listener: IListeningPort | None, site: ApiSite | None) -> None:
+        if listener is not None:
+            await maybeDeferred(listener.stopListening)
+        for channel in list(site.channels if site else ()):
             channel.persistent = False
             if not channel.requests:
                 channel.transport.loseConnection()
 
-    def changed(self, config: ApiRecord) -> Deferred[Any] | None:
-        """A stored config changed: a running API takes it up on its next request."""
+    def changed(self, config: ApiRecord) -> None:
+        """A stored config changed (not its port: see ``move``): a running API takes it up
+        on its next request."""
         runtime = self.runtimes.get(config.id)
         if runtime is None:
-            return None
-        if (config.host, config.port) != (runtime.host, runtime.port):
-            return Deferred.fromCoroutine(self._move(runtime, config))
+            return
         runtime.apply(config)
         self.cache.put(config)
-        return None
-
-    async def _move(self, runtime: ApiRuntime, config: ApiRecord) -> None:
-        await self.stop(config.id, status=None)
-        await self.start(config)
 
     def uses_model(self, name: str) -> bool:
         return any(same_model(rt.config.model, name) for rt in self.runtimes.values())

@@ -132,7 +132,8 @@ class FLMService(MultiService):
         self.registry = Registry(self.store, upstream, reactor=reactor,
                                  cache_size=settings.config_cache_size,
                                  grace_period=settings.grace_period_s,
-                                 site_limits={**limits, "max_body": settings.max_body_bytes})
+                                 site_limits={**limits, "max_body": settings.max_body_bytes},
+                                 tls_cert=settings.tls_cert, tls_key=settings.tls_key)
         self.models = ModelCache(self.backend, reactor, settings.model_cache_ttl_s)
         self.pulls = PullJobs(self.backend, reactor, on_change=lambda job: self.models.expire())
         probe_path = "/api/version" if settings.backend_kind == "ollama" else "/v1/models"

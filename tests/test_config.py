@@ -196,3 +196,14 @@ def test_metrics_public_and_where_the_admin_listens() -> None:
     assert not wide.admin_on_loopback
     assert not Settings(admin="tcp:8420", admin_insecure=True).admin_on_loopback
     assert Settings(metrics_public=True).metrics_public
+
+
+def test_tls_cert_and_key_go_together() -> None:
+    import pytest
+
+    from flm.config import Settings, SettingsError
+    assert Settings(tls_cert="/c.pem", tls_key="/k.pem").tls_cert == "/c.pem"
+    with pytest.raises(SettingsError, match="^tls_cert:"):
+        Settings(tls_cert="/c.pem")
+    with pytest.raises(SettingsError, match="^tls_cert:"):
+        Settings(tls_key="/k.pem")

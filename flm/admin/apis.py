@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import attrs
+
 from flm import keys
 from flm.admin.errors import AdminError
 from flm.admin import validation
 from flm.admin.validation import STATUSES, invalid, validate_create, validate_update
-from flm.registry import PortInUse, Registry, port_is_free
+from flm.registry import PortInUse, Registry, bind_problem
 from flm.store import ApiRecord, Conflict, Store
+from flm.tls import TlsProblem
+
+# Creates without a port that race for the same free one: each retries with the next.
+PORT_ATTEMPTS = 20
 
 
 def encode_cursor(last_id: int) -> str:
@@ -18,6 +24,18 @@ def encode_cursor(last_id: int) -> str:
 
 def _conflict(e: Conflict) -> AdminError:
     return AdminError(409, f"{e.field}_taken", f"{e.field}: another API already has it")
+
+
+def _cannot_listen(e: PortInUse) -> AdminError:
+    if e.field == "port":
+        return AdminError(409, "port_taken", f"port: {e}")
+    return invalid(e.field, str(e).removeprefix(f"{e.field}: "))
+
+
+# Stand-ins for the stored fields a check of a new API's listening port does not read.
+_BLANK: dict[str, Any] = {"id": 0, "name": "", "port": 0, "model": "", "status": "stopped",
+                          "status_reason": None, "key_hash": "", "key_prefix": "",
+                          "created_at": "", "updated_at": "", "last_used_at": None}
 
 
 class Apis:
@@ -49,13 +67,30 @@ class Apis:
                                    "set allow_unknown_model to true)")
 
     def _check_port(self, host: str, port: int) -> None:
-        if port in self.reserved_ports or not port_is_free(host, port):
-            raise AdminError(409, "port_taken", f"port: {port} is in use on {host}")
+        if port in self.reserved_ports:
+            raise AdminError(409, "port_taken", f"port: {port} is the admin API's")
+        problem = bind_problem(host, port)
+        if problem is not None:
+            raise _cannot_listen(problem)
 
-    async def _free_port(self, host: str) -> int:
-        used = await self.store.used_ports() | self.reserved_ports
+    def _check_tls(self, config: ApiRecord) -> None:
+        """Beyond loopback: HTTPS with a readable certificate and key, or ``insecure``."""
+        try:
+            self.registry.tls_options(config)
+        except TlsProblem as e:
+            raise invalid(e.field, e.message) from None
+
+    @staticmethod
+    def _check_host(host: str) -> None:
+        problem = bind_problem(host, 0)
+        if problem is not None:  # not an address of this machine: no port ever will do
+            raise _cannot_listen(problem)
+
+    async def _free_port(self, host: str, skip: set[int]) -> int:
+        self._check_host(host)
+        used = await self.store.used_ports() | self.reserved_ports | skip
         for port in range(self.first_port, 65536):
-            if port not in used and port_is_free(host, port):
+            if port not in used and bind_problem(host, port) is None:
                 return port
         raise AdminError(409, "port_taken", "port: no free port left")
 
@@ -64,20 +99,38 @@ class Apis:
         start = fields.pop("start")
         await self._check_model(fields["model"], fields["allow_unknown_model"])
         fields.setdefault("host", self.api_host)
-        if "port" in fields:
-            self._check_port(fields["host"], fields["port"])
-        else:
-            fields["port"] = await self._free_port(fields["host"])
+        self._check_tls(ApiRecord(**{**_BLANK, **fields}))
         key = keys.new_key()
         fields.update(key_hash=keys.hash_key(key), key_prefix=keys.key_prefix(key),
                       status="stopped")
-        try:
-            api = await self.store.create_api(fields)
-        except Conflict as e:
-            raise _conflict(e) from None
+        if "port" in fields:
+            self._check_port(fields["host"], fields["port"])
+            api = await self._insert(fields)
+        else:
+            api = await self._insert_on_a_free_port(fields)
         if start:
             api = await self._start(api, raise_busy=False)
         return {**api.public(), "key": key}
+
+    async def _insert(self, fields: dict[str, Any]) -> ApiRecord:
+        try:
+            return await self.store.create_api(fields)
+        except Conflict as e:
+            raise _conflict(e) from None
+
+    async def _insert_on_a_free_port(self, fields: dict[str, Any]) -> ApiRecord:
+        """Another create may take the port found free meanwhile: then try the next."""
+        skip: set[int] = set()
+        for _ in range(PORT_ATTEMPTS):
+            port = await self._free_port(fields["host"], skip)
+            try:
+                return await self.store.create_api({**fields, "port": port})
+            except Conflict as e:
+                if e.field != "port":
+                    raise _conflict(e) from None
+                skip.add(port)
+        raise AdminError(409, "port_taken", "port: other APIs took every free port found; "
+                                            "try again")
 
     async def list(self, limit: int, cursor: str | None, status: str | None) -> dict[str, Any]:
         if status is not None and status not in STATUSES:
@@ -96,23 +149,31 @@ class Apis:
         if "model" in fields or fields.get("allow_unknown_model") is False:
             await self._check_model(fields.get("model", api.model),
                                     fields.get("allow_unknown_model", api.allow_unknown_model))
-        moved = (fields.get("host", api.host), fields.get("port", api.port)) != (api.host, api.port)
-        if moved:
-            self._check_port(fields.get("host", api.host), fields.get("port", api.port))
         if fields:
-            try:
-                updated = await self.store.update_api(api.id, fields)
-            except Conflict as e:
-                raise _conflict(e) from None
-            if updated is None:
-                raise AdminError(404, "not_found", f"No API with id or name {ref[:100]!r}.")
-            api = updated
-            moving = self.registry.changed(api)
-            if moving is not None:
+            target = attrs.evolve(api, **fields)
+            self._check_tls(target)
+            moved = Registry.listen_key(target) != Registry.listen_key(api)
+            if target.host != api.host:
+                self._check_host(target.host)
+
+            async def persist() -> ApiRecord:
                 try:
-                    await moving
+                    updated = await self.store.update_api(api.id, fields)
+                except Conflict as e:
+                    raise _conflict(e) from None
+                if updated is None:
+                    raise AdminError(404, "not_found", f"No API with id or name {ref[:100]!r}.")
+                return updated
+            if moved and api.id in self.registry.runtimes:
+                try:  # the new port opens first; a failure leaves the API as it was
+                    api = await self.registry.move(target, persist)
                 except PortInUse as e:
-                    raise AdminError(409, "port_taken", f"port: {e}") from None
+                    raise _cannot_listen(e) from None
+            else:
+                if (target.host, target.port) != (api.host, api.port):
+                    self._check_port(target.host, target.port)
+                api = await persist()
+                self.registry.changed(api)
         if status == "running":
             api = await self._start(api)
         elif status == "stopped":
@@ -124,7 +185,7 @@ class Apis:
             return await self.registry.start(api)
         except PortInUse as e:
             if raise_busy:
-                raise AdminError(409, "port_taken", f"port: {e}") from None
+                raise _cannot_listen(e) from None
             return await self.find(str(api.id))
 
     async def start(self, ref: str) -> dict[str, Any]:

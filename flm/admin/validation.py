@@ -19,7 +19,7 @@ STATUSES = ("running", "stopped", "error")
 DEFAULTS: dict[str, Any] = {
     "max_concurrent": 1, "max_queue": 32, "queue_timeout_s": 60.0,
     "upstream_timeout_s": 300.0, "rate_limit_rpm": None, "priority": 0,
-    "allow_unknown_model": False,
+    "allow_unknown_model": False, "insecure": False, "tls_cert": None, "tls_key": None,
 }
 
 
@@ -70,6 +70,18 @@ def _host(field: str, value: Any) -> Any:
         raise invalid(field, "must be an IP address such as 127.0.0.1 or ::1") from None
 
 
+def _path(field: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 4096 or "\x00" in value:
+        raise invalid(field, "must be the path of a PEM file, or null")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid(field, "must be the path of a PEM file, or null") from None
+    return value
+
+
 def _status(field: str, value: Any) -> Any:
     if value not in ("running", "stopped"):
         raise invalid(field, "must be 'running' or 'stopped'")
@@ -89,6 +101,9 @@ FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "rate_limit_rpm": _int(1, 1_000_000, nullable=True),
     "priority": _int(-100, 100),
     "allow_unknown_model": _bool,
+    "insecure": _bool,
+    "tls_cert": _path,
+    "tls_key": _path,
 }
 CREATE_ONLY = {"start": _bool}
 UPDATE_ONLY = {"status": _status}

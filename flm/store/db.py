@@ -62,8 +62,8 @@ def _configure(conn: sqlite3.Connection) -> None:
 
 def _record(row: Sequence[Any]) -> ApiRecord:
     values = list(row)
-    values[API_FIELDS.index("allow_unknown_model")] = bool(
-        values[API_FIELDS.index("allow_unknown_model")])
+    for flag in ("allow_unknown_model", "insecure"):
+        values[API_FIELDS.index(flag)] = bool(values[API_FIELDS.index(flag)])
     return ApiRecord(*values)
 
 
@@ -145,7 +145,8 @@ class Store(Service):
 
     async def create_api(self, fields: dict[str, Any]) -> ApiRecord:
         now = self.now_iso()
-        row = {**fields, "created_at": now, "updated_at": now, "last_used_at": None,
+        row = {"insecure": False, "tls_cert": None, "tls_key": None,
+               **fields, "created_at": now, "updated_at": now, "last_used_at": None,
                "status_reason": fields.get("status_reason")}
         cols = [c for c in API_FIELDS if c != "id"]
 

@@ -35,6 +35,9 @@ class ApiRecord:
     created_at: str
     updated_at: str
     last_used_at: str | None
+    insecure: bool = False  # plain HTTP even beyond loopback
+    tls_cert: str | None = None  # PEM paths; None: the settings' tls_cert / tls_key
+    tls_key: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The API object of the contract: everything but the key hash."""
