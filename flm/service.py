@@ -119,6 +119,8 @@ class FLMService(MultiService):
         http = HTTPClient(Agent(reactor, connectTimeout=settings.connect_timeout_s,
                                 pool=admin_pool))
         backend_url = settings.backend.rstrip("/")
+        if settings.backend_kind == "openai":  # given with or without its /v1: paths add it
+            backend_url = backend_url.removesuffix("/v1")
         self.backend = make_backend(settings.backend_kind, backend_url, http, reactor)
         self.backend_gate = BackendGate(settings.backend_concurrency, reactor,
                                         settings.priority_aging_s)
