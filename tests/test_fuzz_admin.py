@@ -32,7 +32,7 @@ from tests.test_admin_apis import (BASE, TOKEN, AdminTestCase, FakeModels, Inlin
 
 FIELDS = ["name", "model", "host", "port", "max_concurrent", "max_queue", "queue_timeout_s",
           "upstream_timeout_s", "rate_limit_rpm", "priority", "allow_unknown_model", "start",
-          "status", "id"]
+          "status", "id", "insecure", "tls_cert", "tls_key"]
 PORTS = list(range(47600, 47606))
 
 JSON_SCALARS = st.one_of(
