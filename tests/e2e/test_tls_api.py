@@ -3,6 +3,7 @@ reached only at 127.0.0.1); without a certificate such an API is refused, naming
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +21,8 @@ def test_https_beyond_loopback(gateway_factory: Callable[..., Gateway], tmp_path
     assert (api["host"], api["insecure"], api["status"]) == ("0.0.0.0", False, "running")
     auth = {"Authorization": f"Bearer {api['key']}"}
     url = f"https://127.0.0.1:{api['port']}/v1/models"
-    response = httpx.get(url, headers=auth, verify=str(cert), timeout=10)
+    response = httpx.get(url, headers=auth, timeout=10,
+                         verify=ssl.create_default_context(cafile=str(cert)))
     assert response.status_code == 200, response.text
     assert response.json()["data"][0]["id"] == api["model"]
     with pytest.raises(httpx.HTTPError):  # no plain HTTP on that port
