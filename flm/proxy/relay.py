@@ -33,29 +33,48 @@ def usage_from_tail(tail: bytes) -> tuple[int | None, int | None]:
     return prompt, completion
 
 
+# The blank line that ends an SSE event: two line ends, each CRLF, LF or CR (a CR is a
+# line end only when no LF follows it, else it starts a CRLF).
+_EVENT_END = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
+
+
 class UsageChunkFilter:
-    """Holds back the usage-only SSE event that FLM asked for but the client did not."""
+    """Holds back the usage-only SSE event that FLM asked for but the client did not.
+
+    Complete events pass at once, whatever their line ends: only the event under way is
+    held, so the first token is not delayed.
+    """
 
     def __init__(self) -> None:
         self._pending = b""
+        # An event that ended with a CR at a chunk's end: an LF first in the next chunk is
+        # its own (CRLF); it goes where the event went (None: no such event).
+        self._lf_kept: bool | None = None
         self.usage = b""
 
     def feed(self, data: bytes) -> bytes:
-        data = self._pending + data
-        cut = data.rfind(b"\n\n")
-        if cut < 0:
-            self._pending = data
-            return b""
-        complete, self._pending = data[:cut + 2], data[cut + 2:]
-        if b'"usage"' not in complete:
-            return complete
-        kept = []
-        for event in complete.split(b"\n\n")[:-1]:
-            if b'"usage"' in event and _EMPTY_CHOICES.search(event):
+        lf = b""
+        if self._lf_kept is not None:
+            if data.startswith(b"\n"):
+                data = data[1:]
+                lf = b"\n" if self._lf_kept else b""
+            self._lf_kept = None
+        if self._pending:
+            data = self._pending + data
+        start = 0
+        kept = [lf] if lf else []
+        for m in _EVENT_END.finditer(data):
+            event = data[start:m.end()]
+            start = m.end()
+            hidden = b'"usage"' in event and _EMPTY_CHOICES.search(event) is not None
+            if hidden:
                 self.usage = event
             else:
-                kept.append(event + b"\n\n")
-        return b"".join(kept)
+                kept.append(event)
+            if start == len(data) and event.endswith(b"\r"):
+                self._lf_kept = not hidden
+        self._pending = data[start:]
+        return kept[0] if len(kept) == 1 else b"".join(kept)
 
     def flush(self) -> bytes:
         data, self._pending = self._pending, b""
