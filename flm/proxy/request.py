@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from http import HTTPStatus
 from itertools import count
 from typing import Any
 
@@ -20,6 +21,8 @@ from flm import keys
 from flm.proxy.errors import INVALID_KEY, error_body
 
 LINGER_S = 2.0
+# Standard reason phrases: Twisted's table lacks 429, 431 and 422 ("Unknown Status").
+PHRASES: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 _REQUEST_ID = re.compile(rb"^[\x21-\x7e]{1,200}$")
 
 
@@ -88,6 +91,10 @@ class BoundedRequest(Request):
         # ~18% of a proxied request's CPU (STYLE.md).
         self._parsePOSTFormSubmission = False
         self.arrived: float = self.channel.site.clock.seconds()
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        """Every status with its standard reason phrase (a backend's own one included)."""
+        super().setResponseCode(code, PHRASES.get(code, message))
 
     def gotLength(self, length: int | None) -> None:
         self.content = _Body()
