@@ -23,7 +23,9 @@ from flm.proxy.errors import INVALID_KEY, error_body
 LINGER_S = 2.0
 # Standard reason phrases: Twisted's table lacks 429, 431 and 422 ("Unknown Status").
 PHRASES: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
-_REQUEST_ID = re.compile(rb"^[\x21-\x7e]{1,200}$")
+# A client's request id is taken when it is up to 128 characters that are safe in a
+# header, a log line and a URL (no spaces, quotes, separators or control bytes).
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._~:/+=@-]{1,128}")
 
 
 # A fresh id is a random per-process prefix and a counter: unique, and far cheaper than
@@ -34,7 +36,7 @@ _ids = count(1)
 
 def request_id(given: bytes | None) -> bytes:
     """The client's ``X-Request-Id`` when it is sane, else a fresh one."""
-    if given and _REQUEST_ID.match(given):
+    if given and _REQUEST_ID.fullmatch(given):
         return given
     return b"%s%016x" % (_ID_PREFIX, next(_ids))
 
