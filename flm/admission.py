@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from itertools import count
-from typing import Any
+from typing import Any, Hashable
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -168,8 +168,10 @@ class TokenBucket:
 
 
 class FailedKeyLimiter:
-    """Slows key guessing: after ``limit`` refused keys from one address within
-    ``window_s``, that address is refused (429) without its key being looked at."""
+    """Slows a client that keeps sending wrong keys: after ``limit`` wrong keys from one
+    source (an API and an address) within ``window_s``, its wrong keys get 429 instead
+    of 401 until the window ends. The proxy consults it for wrong keys only, so a right
+    key always works, from any address."""
 
     def __init__(self, clock: IReactorTime, limit: int = 20, window_s: float = 60.0,
                  max_addresses: int = 10_000) -> None:
@@ -177,9 +179,9 @@ class FailedKeyLimiter:
         self.limit = limit
         self.window_s = window_s
         self._max = max_addresses
-        self._seen: dict[str, tuple[float, int]] = {}
+        self._seen: dict[Hashable, tuple[float, int]] = {}
 
-    def blocked(self, address: str) -> int:
+    def blocked(self, address: Hashable) -> int:
         """Seconds until ``address`` may try again, or 0."""
         entry = self._seen.get(address)
         if entry is None:
@@ -191,7 +193,7 @@ class FailedKeyLimiter:
             return 0
         return math.ceil(left) if failures >= self.limit else 0
 
-    def failed(self, address: str) -> None:
+    def failed(self, address: Hashable) -> None:
         now = self._clock.seconds()
         start, failures = self._seen.pop(address, (now, 0))
         if now - start >= self.window_s:

@@ -276,13 +276,17 @@ class RuntimeCollector:
                                    labels=["api"])
         refused = CounterMetricFamily("flm_refused_keys", "Requests refused for a bad key "
                                       "since the API started.", labels=["api"])
+        throttled = CounterMetricFamily("flm_refused_keys_throttled", "Of the refused keys, "
+                                        "those answered 429: too many wrong keys from one "
+                                        "address.", labels=["api"])
         for rt in runtimes:
             a = str(rt.id)
             info.add_metric([a, rt.config.name, rt.config.model], 1)
             in_flight.add_metric([a], rt.in_flight)
             queued.add_metric([a], rt.gate.waiting)
             refused.add_metric([a], rt.refused_keys)
-        yield from (info, in_flight, queued, refused)
+            throttled.add_metric([a], getattr(rt, "throttled_keys", 0))
+        yield from (info, in_flight, queued, refused, throttled)
         gate = getattr(getattr(self._registry, "upstream", None), "gate", None)
         if gate is not None:
             yield GaugeMetricFamily("flm_backend_in_use", "Requests at the backend.",

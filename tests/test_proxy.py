@@ -367,12 +367,13 @@ class KeyTests(ProxyTestCase):
     def test_key_guessing_from_one_address_is_slowed(self) -> None:
         for _ in range(20):
             self.request(http("POST", "/v1/chat/completions", CHAT, key="flm-guess"))
-        response = self.request(http("POST", "/v1/chat/completions", CHAT))
+        response = self.request(http("POST", "/v1/chat/completions", CHAT, key="flm-guess"))
         self.assert_error(response, 429, "rate_limited")
         self.assertGreaterEqual(int(response.header(b"retry-after")), 1)
         self.clock.advance(int(response.header(b"retry-after")))
-        self.request(http("POST", "/v1/chat/completions", CHAT))
-        self.assertEqual(len(self.agent.calls), 1)
+        response = self.request(http("POST", "/v1/chat/completions", CHAT, key="flm-guess"))
+        self.assert_error(response, 401, "invalid_api_key")
+        self.assertEqual(self.agent.calls, [])
 
     def test_rotated_key_stops_working_at_once(self) -> None:
         new = "flm-" + "n" * 43

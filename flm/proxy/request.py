@@ -151,6 +151,22 @@ def _abort(transport: Any) -> None:
         transport.abortConnection()
 
 
+def wrong_key(runtime: Any, address: str) -> tuple[int, bytes, dict[bytes, bytes]]:
+    """The answer to a wrong key: 401, or 429 once this address sent too many wrong keys
+    to this API. Only wrong keys are throttled: a right key is never looked up here."""
+    runtime.refused_keys += 1
+    guard = runtime.registry.failed_keys
+    who = (runtime.id, address)
+    wait = guard.blocked(who)
+    if wait:
+        runtime.throttled_keys += 1
+        status, body = error_body("rate_limited", "Too many requests with a wrong key from "
+                                  f"this address; retry in {wait} s.")
+        return status, body, {b"retry-after": b"%d" % wait, b"www-authenticate": b"Bearer"}
+    guard.failed(who)
+    return INVALID_KEY[0], INVALID_KEY[1], {b"www-authenticate": b"Bearer"}
+
+
 class ProxyRequest(BoundedRequest):
     """On an API port: the key is checked against the cached config before the body."""
 
@@ -163,18 +179,9 @@ class ProxyRequest(BoundedRequest):
             # Not cached (a cold cache with more running APIs than it holds): the
             # resource loads it and checks the key once the body is in.
             return
-        guard = site.runtime.registry.failed_keys
-        address = getattr(self.client, "host", "")
-        wait = guard.blocked(address)
-        if wait:
-            self.refuse(*error_body("rate_limited", "Too many requests with a wrong key from "
-                                    f"this address; retry in {wait} s."),
-                        headers={b"retry-after": b"%d" % wait})
-            return
         token = keys.bearer_token(self.requestHeaders.getRawHeaders(b"authorization", [b""])[0])
         if keys.matches(token, config.key_hash):
             self.config = config
         else:
-            guard.failed(address)
-            site.runtime.refused_keys += 1
-            self.refuse(*INVALID_KEY, headers={b"www-authenticate": b"Bearer"})
+            status, body, headers = wrong_key(site.runtime, getattr(self.client, "host", ""))
+            self.refuse(status, body, headers=headers)

@@ -17,9 +17,10 @@ from zope.interface import implementer
 
 from flm import keys
 from flm.admission import BackendGate, Refused
-from flm.proxy.errors import INVALID_KEY_MESSAGE, error_body
+from flm.proxy.errors import error_body
 from flm.proxy.headers import copy_response_headers, upstream_headers
 from flm.proxy.relay import Relay, UsageChunkFilter, usage_from_tail
+from flm.proxy.request import wrong_key
 
 log = Logger()
 
@@ -112,11 +113,16 @@ class ProxyResource(Resource):
     def _send_error(self, request: Any, code: str, message: str,
                     retry_after: int | None = None) -> int:
         status, body = error_body(code, message)
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"content-length", b"%d" % len(body))
         if retry_after is not None:
             request.setHeader(b"retry-after", b"%d" % retry_after)
+        return self._send_bytes(request, status, body)
+
+    @staticmethod
+    def _send_bytes(request: Any, status: int, body: bytes,
+                    content_type: bytes = b"application/json") -> int:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", content_type)
+        request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
         request.finish()
         return status
@@ -132,10 +138,10 @@ class ProxyResource(Resource):
             token = keys.bearer_token(
                 request.requestHeaders.getRawHeaders(b"authorization", [b""])[0])
             if not keys.matches(token, config.key_hash):
-                rt.registry.failed_keys.failed(getattr(request.client, "host", ""))
-                rt.refused_keys += 1
-                request.setHeader(b"www-authenticate", b"Bearer")
-                self._send_error(request, "invalid_api_key", INVALID_KEY_MESSAGE)
+                status, body, headers = wrong_key(rt, getattr(request.client, "host", ""))
+                for name, value in headers.items():
+                    request.setHeader(name, value)
+                self._send_bytes(request, status, body)
                 return
         rt.in_flight += 1
         timing = _Timing(request.arrived, request.content.tell())
