@@ -1,7 +1,8 @@
 """Who gets to the backend, and when: per-API FIFO gates, a shared priority gate, rate limits.
 
-Order on the request path: rate limit (refuse at once) -> the API's gate (bounded FIFO) ->
-the backend's gate (priority with aging). ``queue_timeout_s`` bounds the two waits together.
+Order on the request path: the cheap refusals first (rate limit, queue full, queued bytes),
+then the body is parsed and rewritten, then the API's gate (bounded FIFO) -> the backend's
+gate (priority with aging). ``queue_timeout_s`` bounds the two waits together.
 """
 
 from __future__ import annotations
@@ -75,11 +76,18 @@ class ApiGate:
     def in_use(self) -> int:
         return self._sem.limit - self._sem.tokens
 
-    def acquire(self) -> Deferred[Any]:
-        """A Deferred that fires when admitted (cancel it to leave the queue)."""
-        if self._sem.tokens <= 0 and len(self._sem.waiting) >= self.max_queue:
+    def check(self) -> bool:
+        """Whether a request arriving now would wait; ``Refused`` if the queue is full."""
+        if self._sem.tokens > 0:
+            return False
+        if len(self._sem.waiting) >= self.max_queue:
             raise Refused("queue_full", 1, "Too many requests are waiting for this API; "
                           "retry later.")
+        return True
+
+    def acquire(self) -> Deferred[Any]:
+        """A Deferred that fires when admitted (cancel it to leave the queue)."""
+        self.check()
         return self._sem.acquire()
 
     def release(self) -> None:
@@ -109,6 +117,11 @@ class BackendGate:
     @property
     def in_use(self) -> int:
         return self.limit - self.tokens
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request arriving now would wait."""
+        return self.tokens <= 0 or bool(self._waiting)
 
     def set_limit(self, limit: int) -> None:
         self.tokens += limit - self.limit
@@ -141,6 +154,24 @@ class BackendGate:
             self._waiting.remove(best)
             self.tokens -= 1
             best[3].callback(None)
+
+
+class QueuedBytes:
+    """The request bytes waiting in every queue together, bounded by ``limit``
+    (``max_queued_bytes``), so a burst of large bodies cannot exhaust memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def fits(self, size: int) -> bool:
+        return self.used + size <= self.limit
+
+    def take(self, size: int) -> None:
+        self.used += size
+
+    def give(self, size: int) -> None:
+        self.used -= size
 
 
 class TokenBucket:

@@ -215,7 +215,7 @@ class QueuedMemoryTests(ProxyTestCase):
         self.assertLess(retained, 1.5 * len(EMBED), retained)
         request = protocol.requests[-1]
         self.assertEqual(request.content.getvalue(), b"")
-        self.assertGreaterEqual(self.upstream.queued.used, len(EMBED) - 100)
+        self.assertGreater(self.upstream.queued.used, 0.8 * len(EMBED))
         self.agent.calls[0].respond(200, b"{}")
         self.assertEqual(json.loads(self.agent.calls[1].body)["input"][-1], "w39999")
         self.assertEqual(self.row(-1)["bytes_in"], 2)
@@ -245,6 +245,9 @@ class QueuedBytesTests(ProxyTestCase):
         self.assertLess(self.upstream.queued.used, 2000)
         self.send(http("POST", "/v1/embeddings", body))
         self.assertEqual(self.runtime.gate.waiting, 2)
+        for i in range(1, 4):   # let every request finish: nothing left for gc
+            self.agent.calls[i].respond(200, b"{}")
+        self.assertEqual(self.upstream.queued.used, 0)
 
     def test_a_request_that_does_not_wait_is_not_counted(self) -> None:
         big = json.dumps({"input": "x" * 3500}).encode()

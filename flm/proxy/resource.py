@@ -16,13 +16,15 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from flm import keys
-from flm.admission import BackendGate, Refused
+from flm.admission import BackendGate, QueuedBytes, Refused
 from flm.proxy.errors import error_body
 from flm.proxy.headers import copy_response_headers, upstream_headers
 from flm.proxy.relay import Relay, UsageChunkFilter, usage_from_tail
 from flm.proxy.request import wrong_key
 
 log = Logger()
+
+DEFAULT_MAX_QUEUED_BYTES = 256 * 1024 * 1024
 
 # path -> (streams unless told otherwise, takes stream_options.include_usage)
 ROUTES: dict[bytes, tuple[bool, bool]] = {
@@ -44,6 +46,28 @@ def _timed_out(result: Any, timeout: float) -> Any:
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def rewrite(raw: bytes, model: str, streams_by_default: bool, takes_usage: bool
+            ) -> tuple[bytes, UsageChunkFilter | None]:
+    """The body to send upstream: ``model`` set, usage asked for on OpenAI streams.
+
+    Its own function so the parsed tree is gone once it returns: a queued request holds
+    only the bytes (a 13.8 MiB body parsed is several times that in objects).
+    """
+    payload = json.loads(raw, parse_constant=_reject_constant)
+    if not isinstance(payload, dict):
+        raise ValueError("the body must be a JSON object")
+    payload["model"] = model
+    usage_filter = None
+    if takes_usage and payload.get("stream", streams_by_default) is True:
+        options = payload.get("stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage") is True):
+            options = dict(options) if isinstance(options, dict) else {}
+            options["include_usage"] = True
+            payload["stream_options"] = options
+            usage_filter = UsageChunkFilter()
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(), usage_filter
 
 
 @implementer(IBodyProducer)
@@ -76,6 +100,10 @@ class Upstream:
     gate: BackendGate
     clock: IReactorTime
     record: Callable[[tuple[Any, ...]], None]
+    #: Request bytes waiting in every API's queue together (``max_queued_bytes``).
+    queued: QueuedBytes = attrs.field(factory=lambda: QueuedBytes(DEFAULT_MAX_QUEUED_BYTES))
+    #: The backend adapter, for the discovery calls (tags, show) answered on API ports.
+    backend: Any = None
 
 
 class _Done(Exception):
@@ -111,8 +139,8 @@ class ProxyResource(Resource):
                 request.transport.abortConnection()
 
     def _send_error(self, request: Any, code: str, message: str,
-                    retry_after: int | None = None) -> int:
-        status, body = error_body(code, message)
+                    retry_after: int | None = None, status: int | None = None) -> int:
+        status, body = error_body(code, message, status)
         if retry_after is not None:
             request.setHeader(b"retry-after", b"%d" % retry_after)
         return self._send_bytes(request, status, body)
@@ -166,9 +194,9 @@ class ProxyResource(Resource):
             timing.bytes_in, timing.bytes_out, config.model, timing.prompt_tokens,
             timing.completion_tokens, request.request_id.decode("ascii"), error))
 
-    def _fail(self, request: Any, code: str, message: str,
-              retry_after: int | None = None) -> _Done:
-        return _Done(self._send_error(request, code, message, retry_after), code)
+    def _fail(self, request: Any, code: str, message: str, retry_after: int | None = None,
+              status: int | None = None) -> _Done:
+        return _Done(self._send_error(request, code, message, retry_after, status), code)
 
     async def _forward(self, request: Any, config: Any, timing: "_Timing") -> tuple[int, str | None]:
         path = request.path
@@ -189,39 +217,37 @@ class ProxyResource(Resource):
                              f"{path.decode('utf-8', 'replace')[:100]}")
         if request.method != b"POST":
             raise self._fail(request, "method_not_allowed", "Use POST for this path.")
-        streams_by_default, takes_usage = route
+        rt, up = self.runtime, self.up
+        # The cheap refusals first: nothing of the body is parsed for a request refused.
         try:
-            payload = json.loads(request.content.getvalue(), parse_constant=_reject_constant)
-            if not isinstance(payload, dict):
-                raise ValueError("the body must be a JSON object")
-            payload["model"] = config.model
-            stream = payload.get("stream", streams_by_default) is True
-            usage_filter = None
-            if stream and takes_usage:
-                options = payload.get("stream_options")
-                if not (isinstance(options, dict) and options.get("include_usage") is True):
-                    options = dict(options) if isinstance(options, dict) else {}
-                    options["include_usage"] = True
-                    payload["stream_options"] = options
-                    usage_filter = UsageChunkFilter()
-            out = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+            if rt.bucket is not None:
+                rt.bucket.take()
+            waits = rt.gate.check() or up.gate.busy
+        except Refused as r:
+            raise self._fail(request, r.code, r.message, r.retry_after) from None
+        if waits and not up.queued.fits(timing.bytes_in):
+            raise self._fail(request, "queue_full", "Too many request bytes are waiting for "
+                             "the backend; retry later.", 1, status=503)
+        try:
+            body, usage_filter = rewrite(request.content.getvalue(), config.model, *route)
         except (ValueError, RecursionError) as e:
             # JSONDecodeError, huge integers, bad UTF-8, lone surrogates, NaN: all 400.
             raise self._fail(request, "invalid_json", f"Request body is not valid JSON: "
                              f"{str(e)[:200]}") from None
-        rt = self.runtime
-        if rt.bucket is not None:
-            try:
-                rt.bucket.take()
-            except Refused as r:
-                raise self._fail(request, r.code, r.message, r.retry_after) from None
-        timing.queued = self.up.clock.seconds()
-        await self._admit(request, config)
+        # While it waits, a request holds its rewritten bytes and nothing else.
+        request.content.close()
+        held = len(body) if waits else 0
+        up.queued.take(held)
+        timing.queued = up.clock.seconds()
         try:
-            timing.admitted = self.up.clock.seconds()
-            return await self._exchange(request, config, out, usage_filter, timing)
+            await self._admit(request, config)
         finally:
-            self.up.gate.release()
+            up.queued.give(held)
+        try:
+            timing.admitted = up.clock.seconds()
+            return await self._exchange(request, config, body, usage_filter, timing)
+        finally:
+            up.gate.release()
             rt.gate.release()
 
     async def _admit(self, request: Any, config: Any) -> None:
