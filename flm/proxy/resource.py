@@ -17,6 +17,8 @@ from zope.interface import implementer
 
 from flm import keys
 from flm.admission import BackendGate, QueuedBytes, Refused
+from flm.backends.base import BackendError, BackendUnavailable, ModelNotFound
+from flm.proxy import discovery
 from flm.proxy.errors import error_body
 from flm.proxy.headers import copy_response_headers, upstream_headers
 from flm.proxy.relay import Relay, UsageChunkFilter, usage_from_tail
@@ -200,17 +202,10 @@ class ProxyResource(Resource):
 
     async def _forward(self, request: Any, config: Any, timing: "_Timing") -> tuple[int, str | None]:
         path = request.path
-        if path == b"/v1/models":
-            if request.method not in (b"GET", b"HEAD"):
-                raise self._fail(request, "method_not_allowed", "Use GET for /v1/models.")
-            body = json.dumps({"object": "list", "data": [
-                {"id": config.model, "object": "model", "created": 0, "owned_by": "flm"}]}
-            ).encode()
-            request.setHeader(b"content-type", b"application/json")
-            request.write(body)
-            request.finish()
-            timing.bytes_out = len(body)
-            return 200, None
+        if path == b"/v1/models" or path.startswith(discovery.MODELS_PREFIX) or (
+                path in discovery.OLLAMA_DISCOVERY
+                and getattr(self.up.backend, "kind", None) == "ollama"):
+            return await self._discover(request, config, timing)
         route = ROUTES.get(path) if path in self.up.paths else None
         if route is None:
             raise self._fail(request, "not_found", f"No such path on this API: "
@@ -250,6 +245,44 @@ class ProxyResource(Resource):
             up.gate.release()
             rt.gate.release()
 
+    async def _discover(self, request: Any, config: Any, timing: "_Timing"
+                        ) -> tuple[int, str | None]:
+        """Discovery calls: answered for the API's model at once, never queued."""
+        path = request.path
+        method = discovery.OLLAMA_DISCOVERY.get(path, b"GET")
+        if request.method != method and not (method == b"GET" and request.method == b"HEAD"):
+            raise self._fail(request, "method_not_allowed",
+                             f"Use {method.decode()} for {path.decode('utf-8', 'replace')}.")
+        if path == b"/api/version":
+            timing.queued = timing.admitted = self.up.clock.seconds()
+            return await self._exchange(request, config, None, None, timing)
+        try:
+            if path == b"/v1/models":
+                body: bytes | None = discovery.models_list(config.model)
+            elif path == b"/api/tags":
+                body = await discovery.tags(self.up.backend, config.model)
+            elif path == b"/api/show":
+                body = await discovery.show(self.up.backend, config.model,
+                                            request.content.getvalue())
+            else:
+                body = discovery.model_by_id(config.model, path)
+        except ModelNotFound as e:
+            raise self._fail(request, "model_not_found", str(e)) from None
+        except (ValueError, RecursionError) as e:
+            raise self._fail(request, "invalid_json", f"Request body is not valid JSON: "
+                             f"{str(e)[:200]}") from None
+        except BackendUnavailable:
+            raise self._fail(request, "backend_unavailable",
+                             "The model backend cannot be reached.") from None
+        except BackendError as e:
+            raise self._fail(request, "backend_error", f"The backend failed: {e.message}"
+                             ) from None
+        if body is None:
+            raise self._fail(request, "model_not_found",
+                             f"This API serves {config.model!r} only.")
+        timing.bytes_out = len(body)
+        return self._send_bytes(request, 200, body), None
+
     async def _admit(self, request: Any, config: Any) -> None:
         """Wait for the API's slot, then the backend's, within ``queue_timeout_s`` in all."""
         rt, clock = self.runtime, self.up.clock
@@ -274,13 +307,15 @@ class ProxyResource(Resource):
                                  "Timed out waiting for the backend.") from None
             raise
 
-    async def _exchange(self, request: Any, config: Any, body: bytes,
+    async def _exchange(self, request: Any, config: Any, body: bytes | None,
                         usage_filter: UsageChunkFilter | None, timing: "_Timing") -> tuple[int, str | None]:
+        """Send ``body`` (POST), or nothing (GET), and relay the answer."""
         clock = self.up.clock
         timing.sent = clock.seconds()
-        d = self.up.agent.request(b"POST", self.up.base_url + request.path,
+        d = self.up.agent.request(b"GET" if body is None else b"POST",
+                                  self.up.base_url + request.path,
                                   upstream_headers(request.requestHeaders, request.request_id),
-                                  _BytesBody(body))
+                                  None if body is None else _BytesBody(body))
         try:
             response = await d.addTimeout(config.upstream_timeout_s, clock, _timed_out)
         except TimeoutError:
