@@ -55,26 +55,48 @@ class UsageChunkFilter:
     def feed(self, data: bytes) -> bytes:
         lf = b""
         if self._lf_kept is not None:
-            if data.startswith(b"\n"):
+            if data[:1] == b"\n":
                 data = data[1:]
                 lf = b"\n" if self._lf_kept else b""
             self._lf_kept = None
         if self._pending:
             data = self._pending + data
+        # Where the last complete event ends: a plain find for LF-only streams (the usual
+        # case, and the cheap one), the full rule when there is a CR.
+        if b"\r" in data:
+            end = 0
+            for m in _EVENT_END.finditer(data):
+                end = m.end()
+            if end == len(data) and data[-1:] == b"\r":
+                self._lf_kept = True
+        else:
+            end = data.rfind(b"\n\n") + 2
+            if end == 1:
+                end = 0
+        if not end:
+            self._pending = data
+            return lf
+        if end == len(data):
+            complete, self._pending = data, b""
+        else:
+            complete, self._pending = data[:end], data[end:]
+        if b'"usage"' in complete:
+            complete = self._hide_usage(complete, not self._pending)
+        return lf + complete if lf else complete
+
+    def _hide_usage(self, complete: bytes, at_end: bool) -> bytes:
+        kept = []
         start = 0
-        kept = [lf] if lf else []
-        for m in _EVENT_END.finditer(data):
-            event = data[start:m.end()]
+        for m in _EVENT_END.finditer(complete):
+            event = complete[start:m.end()]
             start = m.end()
-            hidden = b'"usage"' in event and _EMPTY_CHOICES.search(event) is not None
-            if hidden:
+            if b'"usage"' in event and _EMPTY_CHOICES.search(event):
                 self.usage = event
+                if at_end and start == len(complete) and self._lf_kept:
+                    self._lf_kept = False
             else:
                 kept.append(event)
-            if start == len(data) and event.endswith(b"\r"):
-                self._lf_kept = not hidden
-        self._pending = data[start:]
-        return kept[0] if len(kept) == 1 else b"".join(kept)
+        return b"".join(kept)
 
     def flush(self) -> bytes:
         data, self._pending = self._pending, b""
