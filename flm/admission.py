@@ -1,14 +1,15 @@
 """Who gets to the backend, and when: per-API FIFO gates, a shared priority gate, rate limits.
 
-Order on the request path: rate limit (refuse at once) -> the API's gate (bounded FIFO) ->
-the backend's gate (priority with aging). ``queue_timeout_s`` bounds the two waits together.
+Order on the request path: the cheap refusals first (rate limit, queue full, queued bytes),
+then the body is parsed and rewritten, then the API's gate (bounded FIFO) -> the backend's
+gate (priority with aging). ``queue_timeout_s`` bounds the two waits together.
 """
 
 from __future__ import annotations
 
 import math
 from itertools import count
-from typing import Any
+from typing import Any, Hashable
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -75,11 +76,18 @@ class ApiGate:
     def in_use(self) -> int:
         return self._sem.limit - self._sem.tokens
 
-    def acquire(self) -> Deferred[Any]:
-        """A Deferred that fires when admitted (cancel it to leave the queue)."""
-        if self._sem.tokens <= 0 and len(self._sem.waiting) >= self.max_queue:
+    def check(self) -> bool:
+        """Whether a request arriving now would wait; ``Refused`` if the queue is full."""
+        if self._sem.tokens > 0:
+            return False
+        if len(self._sem.waiting) >= self.max_queue:
             raise Refused("queue_full", 1, "Too many requests are waiting for this API; "
                           "retry later.")
+        return True
+
+    def acquire(self) -> Deferred[Any]:
+        """A Deferred that fires when admitted (cancel it to leave the queue)."""
+        self.check()
         return self._sem.acquire()
 
     def release(self) -> None:
@@ -109,6 +117,11 @@ class BackendGate:
     @property
     def in_use(self) -> int:
         return self.limit - self.tokens
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request arriving now would wait."""
+        return self.tokens <= 0 or bool(self._waiting)
 
     def set_limit(self, limit: int) -> None:
         self.tokens += limit - self.limit
@@ -143,6 +156,24 @@ class BackendGate:
             best[3].callback(None)
 
 
+class QueuedBytes:
+    """The request bytes waiting in every queue together, bounded by ``limit``
+    (``max_queued_bytes``), so a burst of large bodies cannot exhaust memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def fits(self, size: int) -> bool:
+        return self.used + size <= self.limit
+
+    def take(self, size: int) -> None:
+        self.used += size
+
+    def give(self, size: int) -> None:
+        self.used -= size
+
+
 class TokenBucket:
     """``rate_limit_rpm`` as a bucket of ``rpm`` tokens refilled at ``rpm / 60`` per second."""
 
@@ -168,8 +199,10 @@ class TokenBucket:
 
 
 class FailedKeyLimiter:
-    """Slows key guessing: after ``limit`` refused keys from one address within
-    ``window_s``, that address is refused (429) without its key being looked at."""
+    """Slows a client that keeps sending wrong keys: after ``limit`` wrong keys from one
+    source (an API and an address) within ``window_s``, its wrong keys get 429 instead
+    of 401 until the window ends. The proxy consults it for wrong keys only, so a right
+    key always works, from any address."""
 
     def __init__(self, clock: IReactorTime, limit: int = 20, window_s: float = 60.0,
                  max_addresses: int = 10_000) -> None:
@@ -177,9 +210,9 @@ class FailedKeyLimiter:
         self.limit = limit
         self.window_s = window_s
         self._max = max_addresses
-        self._seen: dict[str, tuple[float, int]] = {}
+        self._seen: dict[Hashable, tuple[float, int]] = {}
 
-    def blocked(self, address: str) -> int:
+    def blocked(self, address: Hashable) -> int:
         """Seconds until ``address`` may try again, or 0."""
         entry = self._seen.get(address)
         if entry is None:
@@ -191,7 +224,7 @@ class FailedKeyLimiter:
             return 0
         return math.ceil(left) if failures >= self.limit else 0
 
-    def failed(self, address: str) -> None:
+    def failed(self, address: Hashable) -> None:
         now = self._clock.seconds()
         start, failures = self._seen.pop(address, (now, 0))
         if now - start >= self.window_s:

@@ -82,6 +82,9 @@ class Settings:
                                       validator=_positive)
     admin_max_body_bytes: int = attrs.field(default=1024 * 1024, converter=_SIZE_SETTING,
                                             validator=_positive)
+    # Request bytes waiting in all APIs' queues together; past it, 503 queue_full.
+    max_queued_bytes: int = attrs.field(default=256 * 1024 * 1024, converter=_SIZE_SETTING,
+                                        validator=_positive)
     connect_timeout_s: float = attrs.field(default=5.0, validator=_positive)
     grace_period_s: float = attrs.field(default=10.0, validator=_non_negative)
     priority_aging_s: float = attrs.field(default=10.0, validator=_positive)

@@ -27,7 +27,19 @@ log = Logger()
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                    60.0, 120.0, 300.0)
 # Positions in a log row (ordered as flm.store.db.LOG_COLUMNS).
-_API, _AT, _STATUS, _TTFB, _RESPONSE, _PROMPT, _COMPLETION = 0, 1, 4, 6, 8, 12, 13
+_API, _AT, _STATUS, _TTFB, _RESPONSE, _PROMPT, _COMPLETION, _ERROR = 0, 1, 4, 6, 8, 12, 13, 15
+#: Log-row errors of a response the backend cut after its status was sent.
+BACKEND_CUTS = frozenset({"backend_disconnected", "backend_timeout"})
+
+
+def error_kind(row: Sequence[Any]) -> str | None:
+    """Why a row counts in ``error_rate``: ``status`` (>= 500), ``cut`` (the backend
+    failed after the status was sent), or None."""
+    if row[_STATUS] >= 500:
+        return "status"
+    if row[_ERROR] in BACKEND_CUTS:
+        return "cut"
+    return None
 
 
 def p95(values: Sequence[float]) -> float | None:
@@ -112,7 +124,7 @@ class Minute:
 
     def add(self, row: Sequence[Any]) -> None:
         self.count += 1
-        if row[_STATUS] >= 500:
+        if row[_STATUS] >= 500 or row[_ERROR] in BACKEND_CUTS:
             self.errors += 1
         if row[_RESPONSE] is not None:
             self.sum_ms += row[_RESPONSE]
@@ -158,6 +170,10 @@ class Metrics(PeriodicService):
                                   "to the client.", ["api"], buckets=LATENCY_BUCKETS, registry=r)
         self._ttfb = Histogram("flm_time_to_first_byte_seconds", "Admitted to first byte from "
                                "the backend.", ["api"], buckets=LATENCY_BUCKETS, registry=r)
+        self._errors = Counter("flm_request_errors", "Requests counted in error_rate: "
+                               "answered with a status >= 500 (kind=status) or cut by a "
+                               "backend failure after the status was sent (kind=cut).",
+                               ["api", "kind"], registry=r)
         self._prompt = Counter("flm_prompt_tokens", "Prompt tokens the backend reported.",
                                ["api"], registry=r)
         self._completion = Counter("flm_completion_tokens", "Completion tokens the backend "
@@ -197,6 +213,9 @@ class Metrics(PeriodicService):
         if counter is None:
             counter = by_class[cls] = self._requests.labels(str(api_id), cls)
         counter.inc()
+        kind = error_kind(row)
+        if kind is not None:
+            self._errors.labels(str(api_id), kind).inc()
         if row[_RESPONSE] is not None:
             latency.observe(row[_RESPONSE] / 1000.0)
         if row[_TTFB] is not None:
@@ -295,13 +314,17 @@ class RuntimeCollector:
                                    labels=["api"])
         refused = CounterMetricFamily("flm_refused_keys", "Requests refused for a bad key "
                                       "since the API started.", labels=["api"])
+        throttled = CounterMetricFamily("flm_refused_keys_throttled", "Of the refused keys, "
+                                        "those answered 429: too many wrong keys from one "
+                                        "address.", labels=["api"])
         for rt in runtimes:
             a = str(rt.id)
             info.add_metric([a, rt.config.name, rt.config.model], 1)
             in_flight.add_metric([a], rt.in_flight)
             queued.add_metric([a], rt.gate.waiting)
             refused.add_metric([a], rt.refused_keys)
-        yield from (info, in_flight, queued, refused)
+            throttled.add_metric([a], getattr(rt, "throttled_keys", 0))
+        yield from (info, in_flight, queued, refused, throttled)
         gate = getattr(getattr(self._registry, "upstream", None), "gate", None)
         if gate is not None:
             yield GaugeMetricFamily("flm_backend_in_use", "Requests at the backend.",

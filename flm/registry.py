@@ -105,7 +105,8 @@ class ApiRuntime:
         self.gate = ApiGate(config.max_concurrent, config.max_queue)
         self.bucket: TokenBucket | None = None
         self.in_flight = 0
-        self.refused_keys = 0
+        self.refused_keys = 0  # wrong keys (401 or 429)
+        self.throttled_keys = 0  # of those, answered 429: too many from one address
         self.listener: IListeningPort | None = None
         self.site: ApiSite | None = None
         self.apply(config)

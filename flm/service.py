@@ -19,7 +19,7 @@ from flm.admin.apis import Apis
 from flm.admin.app import AdminApp, AdminSite
 from flm.admin.models import ModelsAdmin
 from flm.admin.observe import Observe
-from flm.admission import BackendGate
+from flm.admission import BackendGate, QueuedBytes
 from flm.backends import make_backend
 from flm.config import Settings
 from flm.health import BackendProbe, Health
@@ -126,7 +126,8 @@ class FLMService(MultiService):
                                         settings.priority_aging_s)
         upstream = Upstream(agent=agent, base_url=backend_url.encode(),
                             paths=self.backend.proxy_paths, gate=self.backend_gate,
-                            clock=reactor, record=self.logbuffer.record)
+                            clock=reactor, record=self.logbuffer.record,
+                            queued=QueuedBytes(settings.max_queued_bytes), backend=self.backend)
         limits = dict(idle_timeout=settings.idle_timeout_s,
                       header_timeout=settings.header_timeout_s,
                       body_timeout=settings.body_timeout_s,

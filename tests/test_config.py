@@ -68,6 +68,13 @@ def test_defaults() -> None:
     assert s.db_path == Path(DATA) / "flm.sqlite3"
 
 
+def test_max_queued_bytes(tmp_path: Path) -> None:
+    assert Settings(data_dir=DATA).max_queued_bytes == 256 * 1024**2
+    assert load(tmp_path, 'max_queued_bytes = "64MiB"\n').max_queued_bytes == 64 * 1024**2
+    with pytest.raises(SettingsError, match="^max_queued_bytes"):
+        load(tmp_path, "max_queued_bytes = 0\n")
+
+
 def test_default_data_dir_from_env_else_home() -> None:
     assert default_data_dir({"FLM_DATA_DIR": "/x"}) == "/x"
     assert default_data_dir({"FLM_DATA_DIR": ""}).endswith("/.local/share/flm")

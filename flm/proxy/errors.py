@@ -9,6 +9,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "invalid_api_key": (401, "invalid_request_error"),
     "invalid_json": (400, "invalid_request_error"),
     "not_found": (404, "invalid_request_error"),
+    "model_not_found": (404, "invalid_request_error"),
     "method_not_allowed": (405, "invalid_request_error"),
     "request_too_large": (413, "invalid_request_error"),
     "queue_full": (429, "rate_limit_error"),
@@ -27,9 +28,9 @@ def error_json(code: str, message: str) -> bytes:
                                  "code": code}}, separators=(",", ":")).encode()
 
 
-def error_body(code: str, message: str) -> tuple[int, bytes]:
-    """(status, body) for an error code of the contract."""
-    return ERRORS[code][0], error_json(code, message)
+def error_body(code: str, message: str, status: int | None = None) -> tuple[int, bytes]:
+    """(status, body) for an error code of the contract (``status`` overrides the code's)."""
+    return status or ERRORS[code][0], error_json(code, message)
 
 
 INVALID_KEY_MESSAGE = "Invalid API key. Send 'Authorization: Bearer <key>' with this API's key."

@@ -10,7 +10,8 @@ HOP_BY_HOP = frozenset({
     b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade",
 })
 _NOT_FORWARDED = HOP_BY_HOP | {
-    b"authorization", b"host", b"content-length", b"content-type", b"expect",
+    # The API key, in any header a client may put it in (Azure's ``api-key`` too).
+    b"authorization", b"api-key", b"x-api-key", b"host", b"content-length", b"content-type", b"expect",
     b"accept-encoding", b"x-request-id", b"cookie",
 }
 _NOT_RETURNED = HOP_BY_HOP | {b"content-length", b"server", b"date", b"x-request-id",

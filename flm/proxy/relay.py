@@ -33,28 +33,69 @@ def usage_from_tail(tail: bytes) -> tuple[int | None, int | None]:
     return prompt, completion
 
 
+# The blank line that ends an SSE event: two line ends, each CRLF, LF or CR (a CR is a
+# line end only when no LF follows it, else it starts a CRLF).
+_EVENT_END = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
+
+
 class UsageChunkFilter:
-    """Holds back the usage-only SSE event that FLM asked for but the client did not."""
+    """Holds back the usage-only SSE event that FLM asked for but the client did not.
+
+    Complete events pass at once, whatever their line ends: only the event under way is
+    held, so the first token is not delayed.
+    """
 
     def __init__(self) -> None:
         self._pending = b""
+        # An event that ended with a CR at a chunk's end: an LF first in the next chunk is
+        # its own (CRLF); it goes where the event went (None: no such event).
+        self._lf_kept: bool | None = None
         self.usage = b""
 
     def feed(self, data: bytes) -> bytes:
-        data = self._pending + data
-        cut = data.rfind(b"\n\n")
-        if cut < 0:
+        lf = b""
+        if self._lf_kept is not None:
+            if data[:1] == b"\n":
+                data = data[1:]
+                lf = b"\n" if self._lf_kept else b""
+            self._lf_kept = None
+        if self._pending:
+            data = self._pending + data
+        # Where the last complete event ends: a plain find for LF-only streams (the usual
+        # case, and the cheap one), the full rule when there is a CR.
+        if b"\r" in data:
+            end = 0
+            for m in _EVENT_END.finditer(data):
+                end = m.end()
+            if end == len(data) and data[-1:] == b"\r":
+                self._lf_kept = True
+        else:
+            end = data.rfind(b"\n\n") + 2
+            if end == 1:
+                end = 0
+        if not end:
             self._pending = data
-            return b""
-        complete, self._pending = data[:cut + 2], data[cut + 2:]
-        if b'"usage"' not in complete:
-            return complete
+            return lf
+        if end == len(data):
+            complete, self._pending = data, b""
+        else:
+            complete, self._pending = data[:end], data[end:]
+        if b'"usage"' in complete:
+            complete = self._hide_usage(complete, not self._pending)
+        return lf + complete if lf else complete
+
+    def _hide_usage(self, complete: bytes, at_end: bool) -> bytes:
         kept = []
-        for event in complete.split(b"\n\n")[:-1]:
+        start = 0
+        for m in _EVENT_END.finditer(complete):
+            event = complete[start:m.end()]
+            start = m.end()
             if b'"usage"' in event and _EMPTY_CHOICES.search(event):
                 self.usage = event
+                if at_end and start == len(complete) and self._lf_kept:
+                    self._lf_kept = False
             else:
-                kept.append(event + b"\n\n")
+                kept.append(event)
         return b"".join(kept)
 
     def flush(self) -> bytes:

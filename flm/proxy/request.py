@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from http import HTTPStatus
 from itertools import count
 from typing import Any
 
@@ -20,7 +21,11 @@ from flm import keys
 from flm.proxy.errors import INVALID_KEY, error_body
 
 LINGER_S = 2.0
-_REQUEST_ID = re.compile(rb"^[\x21-\x7e]{1,200}$")
+# Standard reason phrases: Twisted's table lacks 429, 431 and 422 ("Unknown Status").
+PHRASES: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+# A client's request id is taken when it is up to 128 characters that are safe in a
+# header, a log line and a URL (no spaces, quotes, separators or control bytes).
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._~:/+=@-]{1,128}")
 
 
 # A fresh id is a random per-process prefix and a counter: unique, and far cheaper than
@@ -31,7 +36,7 @@ _ids = count(1)
 
 def request_id(given: bytes | None) -> bytes:
     """The client's ``X-Request-Id`` when it is sane, else a fresh one."""
-    if given and _REQUEST_ID.match(given):
+    if given and _REQUEST_ID.fullmatch(given):
         return given
     return b"%s%016x" % (_ID_PREFIX, next(_ids))
 
@@ -89,6 +94,10 @@ class BoundedRequest(Request):
         self._parsePOSTFormSubmission = False
         self.arrived: float = self.channel.site.clock.seconds()
 
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        """Every status with its standard reason phrase (a backend's own one included)."""
+        super().setResponseCode(code, PHRASES.get(code, message))
+
     def gotLength(self, length: int | None) -> None:
         self.content = _Body()
         self.request_id = request_id(self.requestHeaders.getRawHeaders(b"x-request-id", [None])[0])
@@ -142,6 +151,22 @@ def _abort(transport: Any) -> None:
         transport.abortConnection()
 
 
+def wrong_key(runtime: Any, address: str) -> tuple[int, bytes, dict[bytes, bytes]]:
+    """The answer to a wrong key: 401, or 429 once this address sent too many wrong keys
+    to this API. Only wrong keys are throttled: a right key is never looked up here."""
+    runtime.refused_keys += 1
+    guard = runtime.registry.failed_keys
+    who = (runtime.id, address)
+    wait = guard.blocked(who)
+    if wait:
+        runtime.throttled_keys += 1
+        status, body = error_body("rate_limited", "Too many requests with a wrong key from "
+                                  f"this address; retry in {wait} s.")
+        return status, body, {b"retry-after": b"%d" % wait, b"www-authenticate": b"Bearer"}
+    guard.failed(who)
+    return INVALID_KEY[0], INVALID_KEY[1], {b"www-authenticate": b"Bearer"}
+
+
 class ProxyRequest(BoundedRequest):
     """On an API port: the key is checked against the cached config before the body."""
 
@@ -154,18 +179,9 @@ class ProxyRequest(BoundedRequest):
             # Not cached (a cold cache with more running APIs than it holds): the
             # resource loads it and checks the key once the body is in.
             return
-        guard = site.runtime.registry.failed_keys
-        address = getattr(self.client, "host", "")
-        wait = guard.blocked(address)
-        if wait:
-            self.refuse(*error_body("rate_limited", "Too many requests with a wrong key from "
-                                    f"this address; retry in {wait} s."),
-                        headers={b"retry-after": b"%d" % wait})
-            return
         token = keys.bearer_token(self.requestHeaders.getRawHeaders(b"authorization", [b""])[0])
         if keys.matches(token, config.key_hash):
             self.config = config
         else:
-            guard.failed(address)
-            site.runtime.refused_keys += 1
-            self.refuse(*INVALID_KEY, headers={b"www-authenticate": b"Bearer"})
+            status, body, headers = wrong_key(site.runtime, getattr(self.client, "host", ""))
+            self.refuse(status, body, headers=headers)

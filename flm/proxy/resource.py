@@ -16,12 +16,17 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from flm import keys
-from flm.admission import BackendGate, Refused
-from flm.proxy.errors import INVALID_KEY_MESSAGE, error_body
+from flm.admission import BackendGate, QueuedBytes, Refused
+from flm.backends.base import BackendError, BackendUnavailable, ModelNotFound
+from flm.proxy import discovery
+from flm.proxy.errors import error_body
 from flm.proxy.headers import copy_response_headers, upstream_headers
 from flm.proxy.relay import Relay, UsageChunkFilter, usage_from_tail
+from flm.proxy.request import wrong_key
 
 log = Logger()
+
+DEFAULT_MAX_QUEUED_BYTES = 256 * 1024 * 1024
 
 # path -> (streams unless told otherwise, takes stream_options.include_usage)
 ROUTES: dict[bytes, tuple[bool, bool]] = {
@@ -43,6 +48,28 @@ def _timed_out(result: Any, timeout: float) -> Any:
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def rewrite(raw: bytes, model: str, streams_by_default: bool, takes_usage: bool
+            ) -> tuple[bytes, UsageChunkFilter | None]:
+    """The body to send upstream: ``model`` set, usage asked for on OpenAI streams.
+
+    Its own function so the parsed tree is gone once it returns: a queued request holds
+    only the bytes (a 13.8 MiB body parsed is several times that in objects).
+    """
+    payload = json.loads(raw, parse_constant=_reject_constant)
+    if not isinstance(payload, dict):
+        raise ValueError("the body must be a JSON object")
+    payload["model"] = model
+    usage_filter = None
+    if takes_usage and payload.get("stream", streams_by_default) is True:
+        options = payload.get("stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage") is True):
+            options = dict(options) if isinstance(options, dict) else {}
+            options["include_usage"] = True
+            payload["stream_options"] = options
+            usage_filter = UsageChunkFilter()
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(), usage_filter
 
 
 @implementer(IBodyProducer)
@@ -75,6 +102,10 @@ class Upstream:
     gate: BackendGate
     clock: IReactorTime
     record: Callable[[tuple[Any, ...]], None]
+    #: Request bytes waiting in every API's queue together (``max_queued_bytes``).
+    queued: QueuedBytes = attrs.field(factory=lambda: QueuedBytes(DEFAULT_MAX_QUEUED_BYTES))
+    #: The backend adapter, for the discovery calls (tags, show) answered on API ports.
+    backend: Any = None
 
 
 class _Done(Exception):
@@ -110,13 +141,18 @@ class ProxyResource(Resource):
                 request.transport.abortConnection()
 
     def _send_error(self, request: Any, code: str, message: str,
-                    retry_after: int | None = None) -> int:
-        status, body = error_body(code, message)
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"content-length", b"%d" % len(body))
+                    retry_after: int | None = None, status: int | None = None) -> int:
+        status, body = error_body(code, message, status)
         if retry_after is not None:
             request.setHeader(b"retry-after", b"%d" % retry_after)
+        return self._send_bytes(request, status, body)
+
+    @staticmethod
+    def _send_bytes(request: Any, status: int, body: bytes,
+                    content_type: bytes = b"application/json") -> int:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", content_type)
+        request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
         request.finish()
         return status
@@ -132,10 +168,10 @@ class ProxyResource(Resource):
             token = keys.bearer_token(
                 request.requestHeaders.getRawHeaders(b"authorization", [b""])[0])
             if not keys.matches(token, config.key_hash):
-                rt.registry.failed_keys.failed(getattr(request.client, "host", ""))
-                rt.refused_keys += 1
-                request.setHeader(b"www-authenticate", b"Bearer")
-                self._send_error(request, "invalid_api_key", INVALID_KEY_MESSAGE)
+                status, body, headers = wrong_key(rt, getattr(request.client, "host", ""))
+                for name, value in headers.items():
+                    request.setHeader(name, value)
+                self._send_bytes(request, status, body)
                 return
         rt.in_flight += 1
         timing = _Timing(request.arrived, request.content.tell())
@@ -160,63 +196,92 @@ class ProxyResource(Resource):
             timing.bytes_in, timing.bytes_out, config.model, timing.prompt_tokens,
             timing.completion_tokens, request.request_id.decode("ascii"), error))
 
-    def _fail(self, request: Any, code: str, message: str,
-              retry_after: int | None = None) -> _Done:
-        return _Done(self._send_error(request, code, message, retry_after), code)
+    def _fail(self, request: Any, code: str, message: str, retry_after: int | None = None,
+              status: int | None = None) -> _Done:
+        return _Done(self._send_error(request, code, message, retry_after, status), code)
 
     async def _forward(self, request: Any, config: Any, timing: "_Timing") -> tuple[int, str | None]:
         path = request.path
-        if path == b"/v1/models":
-            if request.method not in (b"GET", b"HEAD"):
-                raise self._fail(request, "method_not_allowed", "Use GET for /v1/models.")
-            body = json.dumps({"object": "list", "data": [
-                {"id": config.model, "object": "model", "created": 0, "owned_by": "flm"}]}
-            ).encode()
-            request.setHeader(b"content-type", b"application/json")
-            request.write(body)
-            request.finish()
-            timing.bytes_out = len(body)
-            return 200, None
+        if path == b"/v1/models" or path.startswith(discovery.MODELS_PREFIX) or (
+                path in discovery.OLLAMA_DISCOVERY
+                and getattr(self.up.backend, "kind", None) == "ollama"):
+            return await self._discover(request, config, timing)
         route = ROUTES.get(path) if path in self.up.paths else None
         if route is None:
             raise self._fail(request, "not_found", f"No such path on this API: "
                              f"{path.decode('utf-8', 'replace')[:100]}")
         if request.method != b"POST":
             raise self._fail(request, "method_not_allowed", "Use POST for this path.")
-        streams_by_default, takes_usage = route
+        rt, up = self.runtime, self.up
+        # The cheap refusals first: nothing of the body is parsed for a request refused.
         try:
-            payload = json.loads(request.content.getvalue(), parse_constant=_reject_constant)
-            if not isinstance(payload, dict):
-                raise ValueError("the body must be a JSON object")
-            payload["model"] = config.model
-            stream = payload.get("stream", streams_by_default) is True
-            usage_filter = None
-            if stream and takes_usage:
-                options = payload.get("stream_options")
-                if not (isinstance(options, dict) and options.get("include_usage") is True):
-                    options = dict(options) if isinstance(options, dict) else {}
-                    options["include_usage"] = True
-                    payload["stream_options"] = options
-                    usage_filter = UsageChunkFilter()
-            out = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+            if rt.bucket is not None:
+                rt.bucket.take()
+            waits = rt.gate.check() or up.gate.busy
+        except Refused as r:
+            raise self._fail(request, r.code, r.message, r.retry_after) from None
+        if waits and not up.queued.fits(timing.bytes_in):
+            raise self._fail(request, "queue_full", "Too many request bytes are waiting for "
+                             "the backend; retry later.", 1, status=503)
+        try:
+            body, usage_filter = rewrite(request.content.getvalue(), config.model, *route)
         except (ValueError, RecursionError) as e:
             # JSONDecodeError, huge integers, bad UTF-8, lone surrogates, NaN: all 400.
             raise self._fail(request, "invalid_json", f"Request body is not valid JSON: "
                              f"{str(e)[:200]}") from None
-        rt = self.runtime
-        if rt.bucket is not None:
-            try:
-                rt.bucket.take()
-            except Refused as r:
-                raise self._fail(request, r.code, r.message, r.retry_after) from None
-        timing.queued = self.up.clock.seconds()
-        await self._admit(request, config)
+        # While it waits, a request holds its rewritten bytes and nothing else.
+        request.content.close()
+        held = len(body) if waits else 0
+        up.queued.take(held)
+        timing.queued = up.clock.seconds()
         try:
-            timing.admitted = self.up.clock.seconds()
-            return await self._exchange(request, config, out, usage_filter, timing)
+            await self._admit(request, config)
         finally:
-            self.up.gate.release()
+            up.queued.give(held)
+        try:
+            timing.admitted = up.clock.seconds()
+            return await self._exchange(request, config, body, usage_filter, timing)
+        finally:
+            up.gate.release()
             rt.gate.release()
+
+    async def _discover(self, request: Any, config: Any, timing: "_Timing"
+                        ) -> tuple[int, str | None]:
+        """Discovery calls: answered for the API's model at once, never queued."""
+        path = request.path
+        method = discovery.OLLAMA_DISCOVERY.get(path, b"GET")
+        if request.method != method and not (method == b"GET" and request.method == b"HEAD"):
+            raise self._fail(request, "method_not_allowed",
+                             f"Use {method.decode()} for {path.decode('utf-8', 'replace')}.")
+        if path == b"/api/version":
+            timing.queued = timing.admitted = self.up.clock.seconds()
+            return await self._exchange(request, config, None, None, timing)
+        try:
+            if path == b"/v1/models":
+                body: bytes | None = discovery.models_list(config.model)
+            elif path == b"/api/tags":
+                body = await discovery.tags(self.up.backend, config.model)
+            elif path == b"/api/show":
+                body = await discovery.show(self.up.backend, config.model,
+                                            request.content.getvalue())
+            else:
+                body = discovery.model_by_id(config.model, path)
+        except ModelNotFound as e:
+            raise self._fail(request, "model_not_found", str(e)) from None
+        except (ValueError, RecursionError) as e:
+            raise self._fail(request, "invalid_json", f"Request body is not valid JSON: "
+                             f"{str(e)[:200]}") from None
+        except BackendUnavailable:
+            raise self._fail(request, "backend_unavailable",
+                             "The model backend cannot be reached.") from None
+        except BackendError as e:
+            raise self._fail(request, "backend_error", f"The backend failed: {e.message}"
+                             ) from None
+        if body is None:
+            raise self._fail(request, "model_not_found",
+                             f"This API serves {config.model!r} only.")
+        timing.bytes_out = len(body)
+        return self._send_bytes(request, 200, body), None
 
     async def _admit(self, request: Any, config: Any) -> None:
         """Wait for the API's slot, then the backend's, within ``queue_timeout_s`` in all."""
@@ -242,13 +307,15 @@ class ProxyResource(Resource):
                                  "Timed out waiting for the backend.") from None
             raise
 
-    async def _exchange(self, request: Any, config: Any, body: bytes,
+    async def _exchange(self, request: Any, config: Any, body: bytes | None,
                         usage_filter: UsageChunkFilter | None, timing: "_Timing") -> tuple[int, str | None]:
+        """Send ``body`` (POST), or nothing (GET), and relay the answer."""
         clock = self.up.clock
         timing.sent = clock.seconds()
-        d = self.up.agent.request(b"POST", self.up.base_url + request.path,
+        d = self.up.agent.request(b"GET" if body is None else b"POST",
+                                  self.up.base_url + request.path,
                                   upstream_headers(request.requestHeaders, request.request_id),
-                                  _BytesBody(body))
+                                  None if body is None else _BytesBody(body))
         try:
             response = await d.addTimeout(config.upstream_timeout_s, clock, _timed_out)
         except TimeoutError:
