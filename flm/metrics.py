@@ -164,6 +164,8 @@ class Metrics(PeriodicService):
                                    "reported.", ["api"], registry=r)
         self._children: dict[int, tuple[Any, ...]] = {}
         r.register(RuntimeCollector(registry, logbuffer))
+        if getattr(store, "timings", None) is not None:
+            r.register(store.timings)  # flm_store_query_seconds, ..._wait_seconds by query
 
     # observing rows (on the request path: cheap, and never raises)
 
