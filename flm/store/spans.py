@@ -25,6 +25,10 @@ def last_id(c: Any) -> int:
     return int(c.execute("SELECT coalesce(max(id), 0) FROM request_logs").fetchone()[0])
 
 
+def first_id(c: Any) -> int:
+    return int(c.execute("SELECT coalesce(min(id), 0) FROM request_logs").fetchone()[0])
+
+
 def note(c: Any, first_id: int) -> None:
     """Widen the spans of the blocks holding rows from ``first_id`` on (just written)."""
     c.execute(
