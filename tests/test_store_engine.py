@@ -166,6 +166,27 @@ class EngineTests(TestCase):
                                (api.id, m0 + 120, 2, 0), (other.id, m0 + 60, 1, 0)])
 
 
+    async def test_a_checkpoint_never_waits_for_a_reader(self) -> None:
+        api = await self.store.create_api(api_fields(1))
+        await self.store.insert_logs([log_row(api.id, T0)] * 50, {})
+        entered, release = threading.Event(), threading.Event()
+
+        def long_read(c: Any) -> None:
+            c.execute("SELECT count(*) FROM request_logs").fetchone()
+            entered.set()
+            release.wait(30)
+        reading = self.store.run_read("long_read", long_read)
+        self.addCleanup(release.set)
+        await until(entered.is_set)
+        await self.store.insert_logs([log_row(api.id, T0)] * 50, {})
+        await self.store.checkpoint()  # would wait busy_timeout (5 s) for the reader
+        self.assertLess(self.store.timings.queries["wal_checkpoint"].sum_run, 1.0)
+        release.set()
+        await reading
+        await self.store.checkpoint()
+        self.assertEqual(self.path.with_name("flm.sqlite3-wal").stat().st_size, 0)
+
+
 def _exposition(metrics: Metrics) -> str:
     from prometheus_client import generate_latest
     return generate_latest(metrics.prometheus).decode()

@@ -52,7 +52,7 @@ class Store(ApiQueries, Service):
     """SQLite through ``adbapi``; stops last, after everything that writes to it."""
 
     name = "store"
-    purge_batch = 5000  # log rows of a deleted API per write transaction
+    purge_batch = 2000  # log rows of a deleted API per write transaction (as retention)
 
     def __init__(self, path: Path, *, reactor: Any = None,
                  now: Callable[[], float] = time.time) -> None:
