@@ -183,6 +183,8 @@ class Metrics(PeriodicService):
         # must not bring their series, or a rollup, back.
         self._deleted: set[int] = set()
         r.register(RuntimeCollector(registry, logbuffer))
+        if getattr(store, "timings", None) is not None:
+            r.register(store.timings)  # flm_store_query_seconds, ..._wait_seconds by query
 
     # observing rows (on the request path: cheap, and never raises)
 
@@ -281,6 +283,33 @@ class Metrics(PeriodicService):
 
     def tick(self) -> Deferred[None]:
         return self.rollup()
+
+    def startService(self) -> None:
+        super().startService()
+        d = Deferred.fromCoroutine(self._rebuild())
+        d.addErrback(lambda f: log.failure("rebuilding rollups lost in a crash failed", f))
+        if not d.called:  # rollups (and the final one) wait for it
+            self._rolling = d
+            d.addBoth(lambda _: setattr(self, "_rolling", None))
+
+    async def _rebuild(self) -> None:
+        """Roll up the rows stored after the newest stored minute: a crash lost their
+        rollups. Only rows older than the store's opening: the ones after it are counted
+        as they are observed. One transaction, so a crash here loses nothing either."""
+        upto = getattr(self._store, "opened_last_id", 0)
+        if not upto:
+            return
+        minutes: dict[tuple[int, int], Minute] = {}
+        async for rows in logs.unrolled_rows(self._store, upto):
+            for row in rows:
+                key = (row[_API], int(row[_AT] // 60) * 60)
+                minute = minutes.get(key)
+                if minute is None:
+                    minute = minutes[key] = Minute()
+                minute.add(row)
+        if minutes:
+            await logs.upsert_metrics(self._store, [m.row(*k) for k, m in minutes.items()])
+            log.info("rebuilt {n} minutes of rollups lost in a crash", n=len(minutes))
 
     async def final(self) -> None:
         for attempt in range(3):

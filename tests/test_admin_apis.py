@@ -94,8 +94,9 @@ class InlineThreadPool:
 def inline_store(path: Path, reactor: InlineReactor) -> Store:
     store = Store(path, reactor=reactor)
     store.open()
-    store._pool.threadpool = InlineThreadPool()  # type: ignore[union-attr]
-    store._pool.start()  # type: ignore[union-attr]
+    for pool in store._engine.pools():
+        pool.threadpool = InlineThreadPool()
+        pool.start()
     return store
 
 

@@ -23,7 +23,7 @@ from flm.logbuffer import LogBuffer
 from flm.metrics import Metrics
 from flm.store import Store
 from flm.store import logs
-from flm.store.db import _INSERT_LOG, LOG_COLUMNS
+from flm.store.db import LOG_COLUMNS, write_logs
 from flm.store.migrations import migrate
 
 T0 = 1_700_000_040.0  # a minute boundary
@@ -71,7 +71,8 @@ class SyncStore:
         return succeed(result)
 
     def insert(self, rows: list[tuple[Any, ...]]) -> None:
-        self.conn.executemany(_INSERT_LOG, rows)
+        """As ``Store.insert_logs`` writes them (rows, then their id spans)."""
+        self.run_write("insert_logs", write_logs, rows, {})
 
 
 def now(coro: Any) -> Any:

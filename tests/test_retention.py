@@ -24,7 +24,7 @@ class PruneTests(TestCase):
         def counting(name: str, fn: Any, *args: Any) -> Any:
             d = real(name, fn, *args)
             if name.startswith("prune_logs"):
-                d.addCallback(lambda n: self.writes.append(n) or n)
+                d.addCallback(lambda n: self.writes.append(n if isinstance(n, int) else n[0]) or n)
             return d
         self.store.run_write = counting  # type: ignore[method-assign]
 
@@ -41,7 +41,9 @@ class PruneTests(TestCase):
         deleted = await logs.prune(self.store, T0 - 86400 * 30, max_rows=1000, batch=10)
         self.assertEqual(deleted, 25)
         self.assertEqual(await self.ids(), list(range(6, 16)))
-        self.assertEqual(self.writes, [10, 10, 5])  # every transaction deletes <= batch
+        # by id range, every transaction deleting at most a batch
+        self.assertTrue(all(n <= 10 for n in self.writes), self.writes)
+        self.assertEqual(sum(self.writes), 25)
 
     async def test_prune_by_row_count_keeps_the_newest(self) -> None:
         await self.store.insert_logs([log_row(1 + i % 2, T0 + i) for i in range(50)], {})

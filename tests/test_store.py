@@ -229,15 +229,17 @@ class StoreTests(TestCase):
         await self.store.run_write("test_metrics", metrics)
 
         batches: list[int] = []
-        real_write = self.store._write
+        real_write = self.store.run_write
 
         def counting_write(name: str, fn: Any, *args: Any) -> Any:
-            if name == "delete_api_logs":
+            if name == "purge_api_logs":
                 batches.append(1)
             return real_write(name, fn, *args)
-        self.store._write = counting_write  # type: ignore[method-assign]
+        self.store.run_write = counting_write  # type: ignore[method-assign]
+        self.store.purge_batch = 5
 
-        self.assertIs(await self.store.delete_api(one.id, batch=5), True)
+        self.assertIs(await self.store.delete_api(one.id), True)
+        await self.store.purge()
         self.assertGreaterEqual(len(batches), 5)  # 23 rows, 5 at a time
         self.assertIsNone(await self.store.get_api(one.id))
         self.assertEqual(await self.count(

@@ -1,7 +1,8 @@
-"""The store: one SQLite connection behind adbapi, every query named.
+"""The store: SQLite through adbapi, one writer and one read-only connection (see
+:mod:`flm.store.pool`), every query named and timed.
 
-One connection (``cp_min=cp_max=1``): SQLite has one writer anyway, and with more
-connections read-then-write updates were lost. Writes take ``BEGIN IMMEDIATE``.
+Deleting an API answers at once; its log rows go in the background, in short write
+transactions, resumed at the next start if the process stops first.
 """
 
 from __future__ import annotations
@@ -12,17 +13,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from twisted.application.service import Service
-from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from flm.periodic import PeriodicService
+from flm.store import spans
+from flm.store.apis import ApiQueries, Conflict
 from flm.store.migrations import migrate
-from flm.store.records import API_FIELDS, ApiRecord, utc_iso
+from flm.store.pool import BUSY_TIMEOUT_MS, Engine, Timings, configure_writer
+from flm.store.records import utc_iso
+
+__all__ = ["Conflict", "LOG_COLUMNS", "Store", "WalCheckpoints"]
 
 log = Logger()
 
-_API_COLUMNS = ", ".join(API_FIELDS)
 LOG_COLUMNS = ("api_id", "created_at", "method", "path", "status", "queue_ms", "ttfb_ms",
                "upstream_ms", "response_ms", "bytes_in", "bytes_out", "model",
                "prompt_tokens", "completion_tokens", "request_id", "error")
@@ -44,223 +48,170 @@ def _insert_logs_sql(n: int) -> str:
 _INSERT_LOG = _insert_logs_sql(1)  # one row, for executemany in tools and tests
 
 
-class Conflict(Exception):
-    """A unique field (``name``, ``port``) is taken; ``field`` says which."""
-
-    def __init__(self, field: str) -> None:
-        super().__init__(f"{field} is taken")
-        self.field = field
-
-
-def _configure(conn: sqlite3.Connection) -> None:
-    conn.isolation_level = None  # we issue BEGIN IMMEDIATE ourselves
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA busy_timeout = 5000")
-
-
-def _record(row: Sequence[Any]) -> ApiRecord:
-    values = list(row)
-    for flag in ("allow_unknown_model", "insecure"):
-        values[API_FIELDS.index(flag)] = bool(values[API_FIELDS.index(flag)])
-    return ApiRecord(*values)
-
-
-def _conflict(e: sqlite3.IntegrityError) -> Exception:
-    text = str(e)
-    for field in ("name", "port"):
-        if f"apis.{field}" in text:
-            return Conflict(field)
-    return e
-
-
-class Store(Service):
+class Store(ApiQueries, Service):
     """SQLite through ``adbapi``; stops last, after everything that writes to it."""
 
     name = "store"
+    purge_batch = 2000  # log rows of a deleted API per write transaction (as retention)
 
     def __init__(self, path: Path, *, reactor: Any = None,
                  now: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
-        self._reactor = reactor
         self._now = now
-        self._pool: adbapi.ConnectionPool | None = None
+        self._engine = Engine(self.path, reactor)
+        self.opened_last_id = 0  # the newest log row when the store opened
+        self._purging: Deferred[None] | None = None
+        self._stopping = False
+
+    @property
+    def timings(self) -> Timings:
+        return self._engine.timings
 
     # lifecycle
 
     def startService(self) -> None:
         self.open()
         super().startService()
-
-    def checkpoint(self) -> Deferred[Any]:
-        """Move the WAL into the database and truncate it, so it stays small."""
-        def txn(c: Any) -> None:
-            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return self._read("wal_checkpoint", txn)
+        self._stopping = False
+        self.purge()  # APIs deleted before a stop or a crash
 
     def open(self) -> None:
-        """Migrate synchronously (start-up must not race the schema), then start the pool."""
+        """Check and migrate synchronously (start-up must not race the schema), then
+        start the pools."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None)
         try:
-            _configure(conn)
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            try:
+                configure_writer(conn)
+                check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            except sqlite3.DatabaseError as e:
+                check = str(e)
             if check != "ok":
                 raise RuntimeError(f"database {self.path} is damaged: {check}")
             migrate(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            spans.repair(conn)
+            self.opened_last_id = spans.last_id(conn)
+            conn.execute("COMMIT")
         finally:
             conn.close()
-        kw: dict[str, Any] = {}
-        if self._reactor is not None:
-            kw["cp_reactor"] = self._reactor
-        self._pool = adbapi.ConnectionPool(
-            "sqlite3", str(self.path), cp_min=1, cp_max=1, check_same_thread=False,
-            cp_openfun=_configure, **kw)
+        self._engine.start()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
-        return succeed(None)
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self._stopping = True
+        if self._purging is not None:
+            await self._purging  # the batch under way; the rest at the next start
+        self._engine.close()
+
+    def checkpoint(self) -> Deferred[Any]:
+        """Move the WAL into the database and truncate it, so it stays small. Never waits
+        for readers: with one still reading it does what it can (the rest next time)."""
+        def txn(c: Any) -> None:
+            c.execute("PRAGMA busy_timeout = 0")
+            try:
+                c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                c.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return self._engine.write("wal_checkpoint", txn, begin=None)
 
     # plumbing
 
     def _read(self, name: str, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        assert self._pool is not None, "store is not open"
-        return self._pool.runInteraction(fn, *args)
+        return self._engine.read(name, fn, *args)
 
     def _write(self, name: str, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        def txn(cursor: Any, *a: Any) -> Any:
-            cursor.execute("BEGIN IMMEDIATE")
-            return fn(cursor, *a)
-        assert self._pool is not None, "store is not open"
-        return self._pool.runInteraction(txn, *args)
+        return self._engine.write(name, fn, *args)
+
+    def run_read(self, name: str, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """For query modules beside this one (logs, metrics): a named read interaction on
+        the read-only connection, in one snapshot."""
+        return self._read(name, fn, *args)
+
+    def run_write(self, name: str, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """A named write interaction inside ``BEGIN IMMEDIATE``."""
+        return self._write(name, fn, *args)
 
     def now_iso(self) -> str:
         return utc_iso(self._now())
 
-    # APIs
+    # deleting APIs
 
-    async def create_api(self, fields: dict[str, Any]) -> ApiRecord:
-        now = self.now_iso()
-        row = {"insecure": False, "tls_cert": None, "tls_key": None,
-               **fields, "created_at": now, "updated_at": now, "last_used_at": None,
-               "status_reason": fields.get("status_reason")}
-        cols = [c for c in API_FIELDS if c != "id"]
-
-        def txn(c: Any) -> ApiRecord:
-            try:
-                c.execute(f"INSERT INTO apis ({', '.join(cols)}) VALUES "
-                          f"({', '.join('?' * len(cols))})", [row[k] for k in cols])
-            except sqlite3.IntegrityError as e:
-                raise _conflict(e) from None
-            c.execute(f"SELECT {_API_COLUMNS} FROM apis WHERE id = ?", (c.lastrowid,))
-            return _record(c.fetchone())
-        return await self._write("create_api", txn)
-
-    async def get_api(self, ref: int | str) -> ApiRecord | None:
-        """By id (an int or a string of digits) or by name."""
-        column = "id" if isinstance(ref, int) or ref.isdigit() else "name"
-
-        def txn(c: Any) -> ApiRecord | None:
-            c.execute(f"SELECT {_API_COLUMNS} FROM apis WHERE {column} = ?", (ref,))
-            row = c.fetchone()
-            return _record(row) if row else None
-        return await self._read("get_api", txn)
-
-    async def list_apis(self, *, limit: int, after_id: int = 0,
-                        status: str | None = None) -> tuple[list[ApiRecord], int]:
-        """One page ordered by id, and the total matching the filter."""
-        where, args = ("WHERE status = ?", [status]) if status else ("", [])
-
-        def txn(c: Any) -> tuple[list[ApiRecord], int]:
-            page_where = f"{where} {'AND' if where else 'WHERE'} id > ?"
-            c.execute(f"SELECT {_API_COLUMNS} FROM apis {page_where} ORDER BY id LIMIT ?",
-                      [*args, after_id, limit])
-            items = [_record(r) for r in c.fetchall()]
-            c.execute(f"SELECT count(*) FROM apis {where}", args)
-            return items, c.fetchone()[0]
-        return await self._read("list_apis", txn)
-
-    async def apis_to_run(self) -> list[ApiRecord]:
-        """APIs that were running (or failed to) when the service last stopped."""
-        def txn(c: Any) -> list[ApiRecord]:
-            c.execute(f"SELECT {_API_COLUMNS} FROM apis WHERE status IN ('running', 'error') "
-                      "ORDER BY id")
-            return [_record(r) for r in c.fetchall()]
-        return await self._read("apis_to_run", txn)
-
-    async def used_ports(self) -> set[int]:
-        def txn(c: Any) -> set[int]:
-            c.execute("SELECT port FROM apis")
-            return {r[0] for r in c.fetchall()}
-        return await self._read("used_ports", txn)
-
-    async def update_api(self, api_id: int, fields: dict[str, Any]) -> ApiRecord | None:
-        """Change fields (also ``status``, ``key_hash``...); None if the API is gone."""
-        fields = {**fields, "updated_at": self.now_iso()}
-        assignments = ", ".join(f"{k} = ?" for k in fields)
-
-        def txn(c: Any) -> ApiRecord | None:
-            try:
-                c.execute(f"UPDATE apis SET {assignments} WHERE id = ?",
-                          [*fields.values(), api_id])
-            except sqlite3.IntegrityError as e:
-                raise _conflict(e) from None
-            c.execute(f"SELECT {_API_COLUMNS} FROM apis WHERE id = ?", (api_id,))
-            row = c.fetchone()
-            return _record(row) if row else None
-        return await self._write("update_api", txn)
-
-    async def delete_api(self, api_id: int, batch: int = 5000) -> bool:
-        """Delete the API and its metrics at once, then its logs in short transactions."""
+    async def delete_api(self, api_id: int) -> bool:
+        """Delete the API and its rollups now; its log rows go in the background."""
         def txn(c: Any) -> bool:
             c.execute("DELETE FROM apis WHERE id = ?", (api_id,))
             gone = c.rowcount > 0
             c.execute("DELETE FROM performance_metrics WHERE api_id = ?", (api_id,))
+            c.execute("INSERT OR IGNORE INTO deleted_apis (api_id) VALUES (?)", (api_id,))
             return gone
-
-        def logs_txn(c: Any) -> int:
-            c.execute("DELETE FROM request_logs WHERE id IN (SELECT id FROM request_logs "
-                      "WHERE api_id = ? LIMIT ?)", (api_id, batch))
-            return c.rowcount
         gone = await self._write("delete_api", txn)
-        while await self._write("delete_api_logs", logs_txn) >= batch:
-            pass
-        return gone
+        self.purge()
+        return bool(gone)
+
+    def purge(self) -> Deferred[None]:
+        """Remove the log rows of deleted APIs (or join the removal under way)."""
+        if self._purging is None:
+            d = Deferred.fromCoroutine(self._purge())
+            if not d.called:
+                self._purging = d
+            d.addErrback(lambda f: log.failure("removing a deleted API's logs failed", f))
+        return self._purging if self._purging is not None else succeed(None)
+
+    def purged(self) -> bool:
+        """True when no deleted API's rows are left to remove (or removal is stopped)."""
+        return self._purging is None
+
+    async def _purge(self) -> None:
+        def pending(c: Any) -> list[int]:
+            return [r[0] for r in c.execute("SELECT api_id FROM deleted_apis ORDER BY 1")]
+
+        def batch(c: Any, api_id: int, n: int) -> int:
+            c.execute("DELETE FROM request_logs WHERE id IN (SELECT id FROM request_logs "
+                      "WHERE api_id = ? LIMIT ?)", (api_id, n))
+            deleted = int(c.rowcount)
+            if deleted < n:
+                c.execute("DELETE FROM deleted_apis WHERE api_id = ?", (api_id,))
+            return deleted
+        try:
+            while not self._stopping:
+                ids = await self._write("purge_pending", pending)
+                if not ids:
+                    return
+                for api_id in ids:
+                    n = self.purge_batch
+                    while not self._stopping and await self.run_write(
+                            "purge_api_logs", batch, api_id, n) >= n:
+                        pass
+        finally:
+            self._purging = None
 
     # request logs
 
     async def insert_logs(self, rows: Iterable[Sequence[Any]],
                           last_used: dict[int, float]) -> None:
         """One transaction per batch; also bumps ``last_used_at`` of the APIs in it."""
-        rows = list(rows)
+        await self._write("insert_logs", write_logs, list(rows), last_used)
 
-        def txn(c: Any) -> None:
-            # One statement per chunk of rows, not executemany: that releases and retakes
-            # the GIL once per row, and under load each handoff stalls the reactor thread
-            # (measured: proxy throughput at c=50 fell by a quarter with logging on).
-            # Chunks of a few fixed sizes: each size is one prepared statement that
-            # sqlite3 caches, and a cached 500-row INSERT holds ~1 MB.
-            i = 0
-            while i < len(rows):
-                n = _chunk_size(len(rows) - i)
-                chunk = rows[i:i + n]
-                c.execute(_insert_logs_sql(n), [v for row in chunk for v in row])
-                i += n
-            c.executemany("UPDATE apis SET last_used_at = ? WHERE id = ?",
-                          [(utc_iso(t), api_id) for api_id, t in last_used.items()])
-        await self._write("insert_logs", txn)
 
-    def run_read(self, name: str, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        """For query modules beside this one (logs, metrics): a named read interaction."""
-        return self._read(name, fn, *args)
-
-    def run_write(self, name: str, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        """A named write interaction inside ``BEGIN IMMEDIATE``."""
-        return self._write(name, fn, *args)
+def write_logs(c: Any, rows: Sequence[Sequence[Any]], last_used: dict[int, float]) -> None:
+    """The body of :meth:`Store.insert_logs`, inside its write transaction."""
+    first_id = spans.last_id(c) + 1
+    # One statement per chunk of rows, not executemany: that releases and retakes the GIL
+    # once per row, and under load each handoff stalls the reactor thread (measured: proxy
+    # throughput at c=50 fell by a quarter with logging on). Chunks of a few fixed sizes:
+    # each size is one prepared statement that sqlite3 caches (a 500-row one holds ~1 MB).
+    i = 0
+    while i < len(rows):
+        n = _chunk_size(len(rows) - i)
+        c.execute(_insert_logs_sql(n), [v for row in rows[i:i + n] for v in row])
+        i += n
+    spans.note(c, first_id)
+    c.executemany("UPDATE apis SET last_used_at = ? WHERE id = ?",
+                  [(utc_iso(t), api_id) for api_id, t in last_used.items()])
 
 
 class WalCheckpoints(PeriodicService):

@@ -7,9 +7,11 @@ a page costs the same at row 10 and at row 5,000,000.
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
+from flm.store import spans
 from flm.store.db import LOG_COLUMNS
 
 LOG_FIELDS = ("id", *LOG_COLUMNS)
@@ -30,24 +32,29 @@ def parse_status(value: str) -> tuple[int, int | None]:
 
 
 def _where(api_id: int | None, status: tuple[int, int | None] | None, before_id: int | None,
-           since: float | None, until: float | None) -> tuple[str, list[Any]]:
+           since: float | None, until: float | None, lo_id: int | None = None,
+           hi_id: int | None = None) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     args: list[Any] = []
     if api_id is not None:
         clauses.append("api_id = ?")
         args.append(api_id)
     if status is not None:
-        # ``status / 100`` exactly as in the index request_logs_api_class.
+        # ``status / 100`` exactly as in the indexes request_logs_class, _api_class.
         clauses.append("status / 100 = ?")
         args.append(status[0])
         if status[1] is not None:
             clauses.append("+status = ?")  # '+': walk the class index, not (api_id, id)
             args.append(status[1])
-    if before_id is not None:
+    # A time window is an id range (flm.store.spans) that every index ending in id
+    # searches; '+created_at' then filters exactly inside it.
+    below = min((b for b in (before_id, hi_id) if b is not None), default=None)
+    if below is not None:
         clauses.append("id < ?")
-        args.append(before_id)
-    # '+created_at': never the created_at index, whose order would need a sort of the
-    # whole window; pages walk ids downward and filter on time.
+        args.append(below)
+    if lo_id is not None:
+        clauses.append("id >= ?")
+        args.append(lo_id)
     if since is not None:
         clauses.append("+created_at >= ?")
         args.append(since)
@@ -59,9 +66,11 @@ def _where(api_id: int | None, status: tuple[int, int | None] | None, before_id:
 
 def logs_sql(api_id: int | None, limit: int, before_id: int | None = None,
              status: tuple[int, int | None] | None = None, since: float | None = None,
-             until: float | None = None) -> tuple[str, list[Any]]:
-    """The statement of :func:`logs_page` (also for ``EXPLAIN QUERY PLAN``)."""
-    where, args = _where(api_id, status, before_id, since, until)
+             until: float | None = None, lo_id: int | None = None, hi_id: int | None = None
+             ) -> tuple[str, list[Any]]:
+    """The statement of :func:`logs_page` (also for ``EXPLAIN QUERY PLAN``); ``lo_id``,
+    ``hi_id``: the window's id bounds from :func:`flm.store.spans.bounds`."""
+    where, args = _where(api_id, status, before_id, since, until, lo_id, hi_id)
     return (f"SELECT {', '.join(LOG_FIELDS)} FROM request_logs{where} "
             "ORDER BY id DESC LIMIT ?", [*args, limit])
 
@@ -74,9 +83,10 @@ async def logs_page(store: Any, api_id: int | None, limit: int, before_id: int |
     page (None on the last page). ``status`` is a code or class string, or parsed."""
     if isinstance(status, str):
         status = parse_status(status)
-    sql, args = logs_sql(api_id, limit + 1, before_id, status, since, until)
 
     def txn(c: Any) -> list[tuple[Any, ...]]:
+        lo, hi = spans.bounds(c, since, until)
+        sql, args = logs_sql(api_id, limit + 1, before_id, status, since, until, lo, hi)
         c.execute(sql, args)
         return c.fetchall()
     rows = await store.run_read("logs_page", txn)
@@ -88,22 +98,37 @@ async def logs_page(store: Any, api_id: int | None, limit: int, before_id: int |
 async def prune(store: Any, older_than: float, max_rows: int, batch: int = 2000,
                 keep_going: Callable[[], bool] = lambda: True) -> int:
     """Delete rows older than ``older_than`` (epoch s), then the oldest past ``max_rows``;
-    also rollups older than ``older_than``. Each batch is its own short write transaction,
-    so log flushes and admin writes slip in between; ``keep_going() == False`` stops
-    after the batch under way. Returns the log rows deleted."""
-    def by_age(c: Any) -> int:
-        c.execute("DELETE FROM request_logs WHERE id IN (SELECT id FROM request_logs "
-                  "WHERE created_at < ? LIMIT ?)", (older_than, batch))
-        return int(c.rowcount)
+    also rollups older than ``older_than``. Rows go by id range: those below the window's
+    lower id bound are all old, those between the bounds are checked one by one. Each
+    batch of up to ``batch`` rows is its own short write transaction, so log flushes and
+    admin writes slip in between; ``keep_going() == False`` stops after the batch under
+    way. Returns the log rows deleted."""
+    def bounds(c: Any) -> tuple[int, int]:
+        hi = spans.upper(c, older_than)
+        lo = spans.lower(c, older_than)
+        return lo, max(lo, spans.last_id(c) + 1 if hi is None else hi)
+
+    def by_age(c: Any, start: int, stop: int, check: bool) -> tuple[int, int | None]:
+        first = c.execute("SELECT min(id) FROM request_logs WHERE id >= ?",
+                          (start,)).fetchone()[0]
+        if first is None or first >= stop:
+            return 0, None
+        end = min(first + batch, stop)
+        c.execute("DELETE FROM request_logs WHERE id >= ? AND id < ?"
+                  + (" AND created_at < ?" if check else ""),
+                  (first, end, older_than) if check else (first, end))
+        return int(c.rowcount), end
 
     deleted = 0
-    while True:
-        n = await store.run_write("prune_logs_by_age", by_age)
-        deleted += n
-        if not keep_going():
-            return deleted
-        if n < batch:
-            break
+    all_old_below, maybe_old_below = await store.run_read("prune_bounds", bounds)
+    for start, stop, check in ((0, all_old_below, False), (all_old_below, maybe_old_below,
+                                                          True)):
+        cursor: int | None = start
+        while cursor is not None and cursor < stop:
+            n, cursor = await store.run_write("prune_logs_by_age", by_age, cursor, stop, check)
+            deleted += n
+            if not keep_going():
+                return deleted
 
     def excess(c: Any) -> int:
         # max - min + 1 bounds the count from above and costs two index probes.
@@ -127,6 +152,7 @@ async def prune(store: Any, older_than: float, max_rows: int, batch: int = 2000,
         deleted += n
         left -= n
     if keep_going():
+        await store.run_write("prune_spans", lambda c: spans.forget_below(c, spans.first_id(c)))
         await prune_metrics(store, older_than)
     return deleted
 
@@ -143,6 +169,28 @@ async def prune_metrics(store: Any, older_than: float, apis_per_txn: int = 50) -
     ids = await store.run_read("prune_metrics_apis", api_ids)
     for start in range(0, len(ids), apis_per_txn):
         await store.run_write("prune_metrics", txn, ids[start:start + apis_per_txn])
+
+
+async def unrolled_rows(store: Any, upto_id: int, chunk: int = 20_000
+                        ) -> AsyncIterator[list[tuple[Any, ...]]]:
+    """Log rows (``LOG_COLUMNS``) up to ``upto_id`` after the newest stored rollup minute:
+    the rows whose rollups a crash lost. In chunks of ids, oldest first."""
+    def first(c: Any) -> tuple[float | None, int]:
+        newest = c.execute("SELECT max(bucket_start) FROM performance_metrics").fetchone()[0]
+        since = None if newest is None else newest + 60
+        return since, (0 if since is None else spans.lower(c, since))
+
+    def rows(c: Any, start: int, since: float | None) -> list[tuple[Any, ...]]:
+        c.execute(f"SELECT {', '.join(LOG_COLUMNS)} FROM request_logs WHERE id >= ? AND "
+                  "id < ? AND id <= ? AND +created_at >= ? ORDER BY id",
+                  (start, start + chunk, upto_id, -math.inf if since is None else since))
+        return c.fetchall()
+    since, start = await store.run_read("unrolled_bounds", first)
+    while start <= upto_id:
+        found = await store.run_read("unrolled_rows", rows, start, since)
+        if found:
+            yield found
+        start += chunk
 
 
 _UPSERT = (
