@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import psutil
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 
@@ -42,15 +41,15 @@ class Health:
     """The body and status of ``/health``."""
 
     def __init__(self, probe: BackendProbe, memory_limit: int,
-                 db_healthy: Callable[[], bool]) -> None:
+                 db_healthy: Callable[[], bool], rss: Callable[[], int]) -> None:
         self._probe = probe
         self._limit = memory_limit
         self._db_healthy = db_healthy
-        self._process = psutil.Process()
+        self._rss = rss  # the monitor's, which reads this process as it runs (after a fork)
 
     async def __call__(self) -> tuple[int, dict[str, Any]]:
         reachable = await self._probe.reachable()
-        rss = self._process.memory_info().rss
+        rss = self._rss()
         database = self._db_healthy()
         ok = reachable and rss <= self._limit and database
         return (200 if ok else 503), {

@@ -6,9 +6,8 @@ import os
 from typing import Any
 
 from treq.client import HTTPClient
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.client import URI, Agent, HTTPConnectionPool, _HTTP11ClientFactory
@@ -30,6 +29,7 @@ from flm.monitor import Monitor
 from flm.proxy.resource import Upstream
 from flm.registry import Registry
 from flm.retention import Retention
+from flm.startup import DataDirLock, Owner, give_to, listen_now, make_data_dir
 from flm.store import Store
 from flm.store.db import WalCheckpoints
 
@@ -85,28 +85,60 @@ class PoolService(Service):
         return DeferredList([p.closeCachedConnections() for p in self.pools])
 
 
-class AdminService(StreamServerEndpointService):
-    """The admin listener; says where it listens once it does."""
+class AdminService(Service):
+    """The admin listener. :func:`build` makes it listen before twistd forks, so a busy
+    endpoint stops start-up at once; it closes first on stop."""
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._waitingForPort.addCallback(self._listening)
+    name = "admin"
 
-    def _listening(self, port: Any) -> Any:
-        address = port.getHost()
-        log.info("FLM admin API listening on {host}:{port}", host=address.host,
-                 port=address.port)
-        return port
+    def __init__(self, endpoint: Any, site: Any, description: str) -> None:
+        self._endpoint = endpoint
+        self._site = site
+        self._description = description
+        self.port: Any = None
+
+    def listen(self) -> None:
+        self.port = listen_now(self._endpoint, self._site, self._description)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.port is None:
+            self.listen()
+        address = self.port.getHost()
+        log.info("FLM admin API listening on {host}:{port}",
+                 host=getattr(address, "host", address), port=getattr(address, "port", ""))
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        port, self.port = self.port, None
+        return maybeDeferred(port.stopListening) if port is not None else succeed(None)
+
+
+def build(settings: Settings, reactor: Any, owner: Owner | None = None) -> "FLMService":
+    """The service, with what must be ours taken first: the data dir lock, then the admin
+    endpoint. Raises :class:`StartupError` (one line) having opened nothing else."""
+    make_data_dir(settings.data_dir, owner)
+    lock = DataDirLock.take(settings.data_dir)
+    try:
+        token = keys.load_admin_token(settings.data_dir, os.environ.get("FLM_ADMIN_TOKEN"))
+        if owner is not None:
+            give_to(owner, settings.data_dir)
+        service = FLMService(settings, reactor, token=token, lock=lock)
+        service.admin_service.listen()
+    except BaseException:
+        lock.release()
+        raise
+    return service
 
 
 class FLMService(MultiService):
     """The whole gateway; children stop in reverse order, so the store closes last."""
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    def __init__(self, settings: Settings, reactor: Any, *, token: str,
+                 lock: DataDirLock | None = None) -> None:
         super().__init__()
         self.settings = settings
-        keys.ensure_data_dir(settings.data_dir)
-        token = keys.load_admin_token(settings.data_dir, os.environ.get("FLM_ADMIN_TOKEN"))
+        self._lock = lock
 
         self.store = Store(settings.db_path, reactor=reactor)
         self.logbuffer = LogBuffer(self.store, reactor, interval=settings.log_flush_interval_s,
@@ -138,8 +170,8 @@ class FLMService(MultiService):
         probe_path = "/api/version" if settings.backend_kind == "ollama" else "/v1/models"
         health = Health(BackendProbe(http, backend_url + probe_path, reactor,
                                      cache_s=settings.health_cache_s),
-                        settings.memory_limit, lambda: self.logbuffer.healthy)
-        admin_endpoint = serverFromString(reactor, settings.admin)
+                        settings.memory_limit, lambda: self.logbuffer.healthy,
+                        rss=lambda: self.monitor.rss_now())
         apis = Apis(self.store, self.registry, self.models, api_host=settings.api_host,
                     first_port=settings.first_port, reserved_ports=_ports_of(settings.admin))
         self.metrics = Metrics(self.store, reactor, registry=self.registry,
@@ -158,14 +190,21 @@ class FLMService(MultiService):
         site = AdminSite(self.admin.resource(), clock=reactor,
                          max_body=settings.admin_max_body_bytes, **limits)
         site.allowed_hosts = settings.admin_hosts
+        self.admin_service = AdminService(serverFromString(reactor, settings.admin), site,
+                                          settings.admin)
 
         # Stopped one at a time in reverse (see stopService): the admin port closes first,
         # then API ports drain, then log rows and metric rollups are written, then the store.
         for child in (self.store, WalCheckpoints(self.store, reactor), self.metrics,
                       self.logbuffer, PoolService(pool, admin_pool),
                       self.registry, self.pulls, self.monitor, self.retention,
-                      AdminService(admin_endpoint, site)):
+                      self.admin_service):
             child.setServiceParent(self)
+
+    def startService(self) -> None:
+        if self._lock is not None:
+            self._lock.write_pid()  # after twistd's fork: the daemon holds the data dir
+        super().startService()
 
     def stopService(self) -> Deferred[None]:
         """Stop children one at a time, last added first (``MultiService`` would stop them
@@ -180,6 +219,8 @@ class FLMService(MultiService):
                 await maybeDeferred(child.stopService)
             except Exception:
                 log.failure("stopping {name} failed", name=getattr(child, "name", child))
+        if self._lock is not None:
+            self._lock.release()
 
 
 def _models_admin(models: ModelCache, pulls: PullJobs, backend: Any, registry: Registry) -> Any:

@@ -112,3 +112,15 @@ def test_make_service_writes_the_admin_token_without_env(
     token = (tmp_path / "d" / "admin-token").read_text().strip()
     assert len(token) >= 43
     assert (tmp_path / "d" / "admin-token").stat().st_mode & 0o777 == 0o600
+
+
+def test_under_twistd_a_wrong_setting_is_one_line_and_exit_1(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from twisted.scripts.twistd import ServerOptions
+    config = ServerOptions()
+    with pytest.raises(SystemExit) as e:
+        config.parseOptions(["-n", "flm", "--backend", "localhost:11434"])
+    assert e.value.code == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.startswith("flm: backend: ") and out.err.count("\n") == 1, out.err
