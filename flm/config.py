@@ -130,6 +130,9 @@ class Settings:
     admin_max_body_bytes: int = attrs.field(default=1024 * 1024, converter=_SIZE_SETTING,
                                             validator=_positive)
     connect_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    # Idle backend connections close after this: under the server's own keep-alive
+    # (uvicorn, hence vLLM: 5 s), or a request can race the server's close and fail.
+    backend_idle_timeout_s: float = attrs.field(default=4.0, validator=_positive)
     grace_period_s: float = attrs.field(default=10.0, validator=_non_negative)
     priority_aging_s: float = attrs.field(default=10.0, validator=_positive)
     config_cache_size: int = attrs.field(default=4096, validator=_positive)

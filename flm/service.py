@@ -19,9 +19,9 @@ from flm.admin.app import AdminApp, AdminSite
 from flm.admin.models import ModelsAdmin
 from flm.admin.observe import Observe
 from flm.admission import BackendGate
-from flm.backends import make_backend
+from flm.backends import backend_base_url, make_backend, probe_path
 from flm.config import Settings
-from flm.health import BackendProbe, Health
+from flm.health import BackendProbe, DatabaseCheck, Health
 from flm.logbuffer import LogBuffer
 from flm.metrics import Metrics
 from flm.models import ModelCache, PullJobs
@@ -40,11 +40,14 @@ class _QuietFactory(_HTTP11ClientFactory):
     noisy = False  # else every new backend connection logs two lines
 
 
-def quiet_pool(reactor: Any, max_per_host: int) -> HTTPConnectionPool:
+def quiet_pool(reactor: Any, max_per_host: int, idle_timeout: float) -> HTTPConnectionPool:
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool._factory = _QuietFactory
     pool.maxPersistentPerHost = max_per_host
     pool.retryAutomatically = False
+    # Close idle connections before the server does: uvicorn (vLLM) closes them after 5 s,
+    # and a request sent on a connection as it closes fails (Twisted keeps them 240 s).
+    pool.cachedConnectionTimeout = idle_timeout
     return pool
 
 
@@ -145,12 +148,13 @@ class FLMService(MultiService):
                                    batch_rows=settings.log_batch_rows,
                                    max_rows=settings.log_buffer_max_rows,
                                    enabled=settings.request_log)
-        pool = quiet_pool(reactor, max(16, settings.backend_concurrency * 2))
-        admin_pool = quiet_pool(reactor, 4)
+        idle = settings.backend_idle_timeout_s
+        pool = quiet_pool(reactor, max(16, settings.backend_concurrency * 2), idle)
+        admin_pool = quiet_pool(reactor, 4, idle)
         agent = BackendAgent(reactor, connectTimeout=settings.connect_timeout_s, pool=pool)
         http = HTTPClient(Agent(reactor, connectTimeout=settings.connect_timeout_s,
                                 pool=admin_pool))
-        backend_url = settings.backend.rstrip("/")
+        backend_url = backend_base_url(settings.backend_kind, settings.backend)
         self.backend = make_backend(settings.backend_kind, backend_url, http, reactor)
         self.backend_gate = BackendGate(settings.backend_concurrency, reactor,
                                         settings.priority_aging_s)
@@ -167,10 +171,10 @@ class FLMService(MultiService):
                                  site_limits={**limits, "max_body": settings.max_body_bytes})
         self.models = ModelCache(self.backend, reactor, settings.model_cache_ttl_s)
         self.pulls = PullJobs(self.backend, reactor, on_change=lambda job: self.models.expire())
-        probe_path = "/api/version" if settings.backend_kind == "ollama" else "/v1/models"
-        health = Health(BackendProbe(http, backend_url + probe_path, reactor,
-                                     cache_s=settings.health_cache_s),
-                        settings.memory_limit, lambda: self.logbuffer.healthy,
+        health = Health(BackendProbe(http, backend_url + probe_path(settings.backend_kind),
+                                     reactor, cache_s=settings.health_cache_s),
+                        settings.memory_limit,
+                        DatabaseCheck(self.store, reactor, cache_s=settings.health_cache_s),
                         rss=lambda: self.monitor.rss_now())
         apis = Apis(self.store, self.registry, self.models, api_host=settings.api_host,
                     first_port=settings.first_port, reserved_ports=_ports_of(settings.admin))
