@@ -8,8 +8,10 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 import attrs
+from twisted.internet.endpoints import serverFromString
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.I)
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
@@ -65,19 +67,64 @@ def _non_negative(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise SettingsError(f"{attribute.name}: must be zero or more, got {value!r}")
 
 
+def _one_of(*choices: str) -> Any:
+    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in choices:
+            raise SettingsError(f"{attribute.name}: must be {' or '.join(choices)}, "
+                                f"got {value!r}")
+    return check
+
+
+def _http_url(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """An http(s) URL with a host (``localhost:11434`` parses as scheme ``localhost``)."""
+    if not isinstance(value, str):
+        raise SettingsError(f"{attribute.name}: must be a URL, got {value!r}")
+    try:
+        parts = urlsplit(value)
+        parts.port  # raises ValueError for a port out of range or not a number
+    except ValueError as e:
+        raise SettingsError(f"{attribute.name}: {value!r} is not a valid URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{attribute.name}: must be an http:// or https:// URL with a "
+                            f"host, such as http://127.0.0.1:11434; got {value!r}")
+
+
+def _endpoint(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """A server endpoint description Twisted can parse (nothing listens yet)."""
+    if not isinstance(value, str) or ":" not in value:
+        raise SettingsError(f"{attribute.name}: must be an endpoint description such as "
+                            f"tcp:8420:interface=127.0.0.1, got {value!r}")
+    try:
+        serverFromString(None, value)  # the reactor is only kept, not used, by parsing
+    except Exception as e:  # noqa: BLE001 - each plugin raises its own kind
+        raise SettingsError(f"{attribute.name}: {value!r} is not a valid endpoint "
+                            f"description: {e}") from None
+
+
+def _ip_address(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise SettingsError(f"{attribute.name}: must be an IP address, got {value!r}") from None
+
+
+def _port(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise SettingsError(f"{attribute.name}: must be a port from 1 to 65535, got {value!r}")
+
+
 @attrs.frozen
 class Settings:
     """Everything configurable; names are the TOML keys (see docs/configuration.md)."""
 
     data_dir: str = attrs.field(factory=default_data_dir)
-    admin: str = "tcp:8420:interface=127.0.0.1"
-    backend: str = "http://127.0.0.1:11434"
-    backend_kind: str = attrs.field(
-        default="ollama", validator=attrs.validators.in_(("ollama", "openai")))
+    admin: str = attrs.field(default="tcp:8420:interface=127.0.0.1", validator=_endpoint)
+    backend: str = attrs.field(default="http://127.0.0.1:11434", validator=_http_url)
+    backend_kind: str = attrs.field(default="ollama", validator=_one_of("ollama", "openai"))
     # 0 means "the kind's default": 1 for Ollama, 4 for OpenAI-compatible servers.
     backend_max_concurrent: int = attrs.field(default=0, validator=_non_negative)
-    api_host: str = "127.0.0.1"
-    first_port: int = attrs.field(default=8080, validator=_positive)
+    api_host: str = attrs.field(default="127.0.0.1", validator=_ip_address)
+    first_port: int = attrs.field(default=8080, validator=_port)
     max_body_bytes: int = attrs.field(default=10 * 1024 * 1024, converter=_SIZE_SETTING,
                                       validator=_positive)
     admin_max_body_bytes: int = attrs.field(default=1024 * 1024, converter=_SIZE_SETTING,
@@ -86,6 +133,9 @@ class Settings:
     max_queued_bytes: int = attrs.field(default=256 * 1024 * 1024, converter=_SIZE_SETTING,
                                         validator=_positive)
     connect_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    # Idle backend connections close after this: under the server's own keep-alive
+    # (uvicorn, hence vLLM: 5 s), or a request can race the server's close and fail.
+    backend_idle_timeout_s: float = attrs.field(default=4.0, validator=_positive)
     grace_period_s: float = attrs.field(default=10.0, validator=_non_negative)
     priority_aging_s: float = attrs.field(default=10.0, validator=_positive)
     config_cache_size: int = attrs.field(default=4096, validator=_positive)

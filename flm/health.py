@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import psutil
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+log = Logger()
 
 
 class BackendProbe:
@@ -29,7 +31,8 @@ class BackendProbe:
         try:
             response = await self._http.get(self._url, timeout=self._timeout_s)
             await response.content()
-            self._reachable = True
+            # Any answer is not enough: a wrong base URL answers 404 to everything.
+            self._reachable = 200 <= response.code < 300
         except CancelledError:
             raise
         except Exception:
@@ -38,20 +41,71 @@ class BackendProbe:
         return self._reachable
 
 
+def _touch(cursor: Any) -> None:
+    """A write that changes nothing: ``user_version`` set to itself (page 1 is rewritten)."""
+    version = cursor.execute("PRAGMA user_version").fetchone()[0]
+    cursor.execute(f"PRAGMA user_version = {int(version)}")
+
+
+class DatabaseCheck:
+    """Can the database be written now? A tiny write in a transaction, at most once per
+    ``cache_s`` and one at a time; one that takes over ``timeout_s`` (another writer holds
+    the lock) counts as no. The proxy never waits on it: it only writes to the log buffer."""
+
+    def __init__(self, store: Any, clock: IReactorTime, *, cache_s: float = 2.0,
+                 timeout_s: float = 2.0) -> None:
+        self._store = store
+        self._clock = clock
+        self._cache_s = cache_s
+        self._timeout_s = timeout_s
+        self._checked_at: float | None = None
+        self._writable = False
+        self._running: Deferred[bool] | None = None
+
+    def writable(self) -> Deferred[bool]:
+        now = self._clock.seconds()
+        if self._checked_at is not None and now - self._checked_at < self._cache_s:
+            return succeed(self._writable)
+        running = self._running
+        if running is None:
+            running = Deferred.fromCoroutine(self._check())
+            if not running.called:
+                self._running = running  # cleared by _check when it ends
+        d: Deferred[bool] = Deferred()
+        running.addCallback(lambda ok: (d.callback(ok), ok)[1])
+        return d
+
+    async def _check(self) -> bool:
+        try:
+            write = self._store.run_write("health_write_check", _touch)
+            await write.addTimeout(self._timeout_s, self._clock)
+            self._writable = True
+        except CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - locked, read-only, disk full, not open...
+            if self._writable or self._checked_at is None:
+                log.warn("database: a test write failed ({e}); /health says degraded", e=e)
+            self._writable = False
+        finally:
+            self._checked_at = self._clock.seconds()
+            self._running = None
+        return self._writable
+
+
 class Health:
     """The body and status of ``/health``."""
 
     def __init__(self, probe: BackendProbe, memory_limit: int,
-                 db_healthy: Callable[[], bool]) -> None:
+                 database: DatabaseCheck, rss: Callable[[], int]) -> None:
         self._probe = probe
         self._limit = memory_limit
-        self._db_healthy = db_healthy
-        self._process = psutil.Process()
+        self._database = database
+        self._rss = rss  # the monitor's, which reads this process as it runs (after a fork)
 
     async def __call__(self) -> tuple[int, dict[str, Any]]:
         reachable = await self._probe.reachable()
-        rss = self._process.memory_info().rss
-        database = self._db_healthy()
+        rss = self._rss()
+        database = await self._database.writable()
         ok = reachable and rss <= self._limit and database
         return (200 if ok else 503), {
             "status": "ok" if ok else "degraded",

@@ -10,6 +10,7 @@ Everything Prometheus sees lives in a private ``CollectorRegistry``, never the g
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Iterable, Iterator, Sequence
 
 import psutil
@@ -328,7 +329,13 @@ class RuntimeCollector:
     def __init__(self, registry: Any, logbuffer: Any) -> None:
         self._registry = registry
         self._logbuffer = logbuffer
-        self._process = psutil.Process()
+        self._process: psutil.Process | None = None
+
+    def _this_process(self) -> psutil.Process:
+        """Built at the first scrape, never before ``twistd`` forks (it would watch the parent)."""
+        if self._process is None or self._process.pid != os.getpid():
+            self._process = psutil.Process()
+        return self._process
 
     def describe(self) -> Iterable[Any]:
         return []  # the families vary with the running APIs; collected at scrape time
@@ -365,9 +372,10 @@ class RuntimeCollector:
                                       "buffer was full.", value=self._logbuffer.dropped)
             yield GaugeMetricFamily("flm_log_rows_buffered", "Log rows waiting to be written.",
                                     value=len(self._logbuffer.rows))
-        with self._process.oneshot():
-            rss = self._process.memory_info().rss
-            cpu = self._process.cpu_times()
+        process = self._this_process()
+        with process.oneshot():
+            rss = process.memory_info().rss
+            cpu = process.cpu_times()
         yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size in "
                                 "bytes.", value=rss)
         yield CounterMetricFamily("process_cpu_seconds", "User and system CPU time spent in "

@@ -34,18 +34,28 @@ class Monitor(PeriodicService):
                  memory_limit: int = 2 * 1024**3, process: Any = None) -> None:
         super().__init__(clock, interval)
         self.memory_limit = memory_limit
-        self._process = process if process is not None else psutil.Process()
+        self._given = process
+        self._process: Any = process
         self.started_at = clock.seconds()
         self.last: Sample | None = None
         self.over_limit = False
-        self._process.cpu_percent(None)  # the first call only starts the measurement
+
+    @property
+    def process(self) -> Any:
+        """This process (psutil). Built at start, never in ``__init__``: ``twistd`` builds
+        the service before it forks, and a handle made then watches the parent, which exits."""
+        if self._process is None:
+            self._process = psutil.Process()
+            self._process.cpu_percent(None)  # the first call only starts the measurement
+        return self._process
 
     def sample(self) -> Sample:
         """Read RSS and CPU % (since the previous sample) now; warn on crossing the limit."""
-        with self._process.oneshot():
-            rss = self._process.memory_info().rss
-            cpu = self._process.cpu_percent(None)
-            threads = self._process.num_threads()
+        process = self.process
+        with process.oneshot():
+            rss = process.memory_info().rss
+            cpu = process.cpu_percent(None)
+            threads = process.num_threads()
         self.last = Sample(self._clock.seconds(), rss, cpu, threads)
         over = rss > self.memory_limit
         if over and not self.over_limit:
@@ -58,7 +68,7 @@ class Monitor(PeriodicService):
         return self.last
 
     def rss_now(self) -> int:
-        return int(self._process.memory_info().rss)
+        return int(self.process.memory_info().rss)
 
     @property
     def uptime_s(self) -> float:
@@ -69,4 +79,7 @@ class Monitor(PeriodicService):
 
     def startService(self) -> None:
         self.started_at = self._clock.seconds()
+        if self._given is None:
+            self._process = None  # built anew in this (possibly forked) process
+        self.process
         super().startService()

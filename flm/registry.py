@@ -295,18 +295,48 @@ class Registry(Service):
         return Deferred.fromCoroutine(self._shutdown())
 
     async def _shutdown(self) -> None:
-        """Stop accepting, let requests in flight finish for the grace period, then cut."""
+        """Stop accepting, let requests in flight finish for the grace period, then cut.
+
+        What is cut is marked ``shutting_down`` (its log row's error): a stream has its
+        upstream stopped, so the proxy tells an SSE client with an ``event: error`` and
+        ends the response cleanly; whatever is left is then reset."""
         runtimes = list(self.runtimes.values())
         self.runtimes.clear()
+        waiting = sum(rt.in_flight for rt in runtimes)
+        if waiting:
+            log.info("stopping: waiting for {n} request{s} to finish (at most {grace:g} s)",
+                     n=waiting, s="" if waiting == 1 else "s", grace=self.grace_period)
         await DeferredList([Deferred.fromCoroutine(self._close(rt)) for rt in runtimes])
         deadline = self.clock.seconds() + self.grace_period
         while any(rt.in_flight for rt in runtimes) and self.clock.seconds() < deadline:
             await deferLater(self.clock, 0.05, lambda: None)
+        left = [r for rt in runtimes for r in _requests(rt)]
+        if left:
+            log.warn("stopping: the grace period is over; cutting {n} request{s} "
+                     "(error shutting_down)", n=len(left), s="" if len(left) == 1 else "s")
+        for request in left:
+            request.cut_reason = SHUTTING_DOWN
+            if request.producer is not None:
+                request.producer.stopProducing()  # the upstream body: the proxy ends it
+        await self._wait(runtimes, 1.0)
         for rt in runtimes:
             for channel in list(rt.site.channels if rt.site else ()):
                 channel.transport.abortConnection()
         # Cut requests record their log rows as their connections close: wait for that,
         # so the log buffer's final flush (it stops after us) has them.
-        deadline = self.clock.seconds() + 1.0
+        await self._wait(runtimes, 1.0)
+
+    async def _wait(self, runtimes: list[ApiRuntime], timeout: float) -> None:
+        deadline = self.clock.seconds() + timeout
         while any(rt.in_flight for rt in runtimes) and self.clock.seconds() < deadline:
             await deferLater(self.clock, 0.01, lambda: None)
+
+
+#: The log error (and SSE error code) of a request cut because FLM is stopping.
+SHUTTING_DOWN = "shutting_down"
+
+
+def _requests(runtime: ApiRuntime) -> list[Any]:
+    """The unfinished requests on a runtime's connections."""
+    channels = list(runtime.site.channels if runtime.site else ())
+    return [r for c in channels for r in getattr(c, "requests", ()) if not r.finished]

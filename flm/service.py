@@ -6,9 +6,8 @@ import os
 from typing import Any
 
 from treq.client import HTTPClient
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.client import URI, Agent, HTTPConnectionPool, _HTTP11ClientFactory
@@ -20,9 +19,9 @@ from flm.admin.app import AdminApp, AdminSite
 from flm.admin.models import ModelsAdmin
 from flm.admin.observe import Observe
 from flm.admission import BackendGate, QueuedBytes
-from flm.backends import make_backend
+from flm.backends import backend_base_url, make_backend, probe_path
 from flm.config import Settings
-from flm.health import BackendProbe, Health
+from flm.health import BackendProbe, DatabaseCheck, Health
 from flm.logbuffer import LogBuffer
 from flm.metrics import Metrics
 from flm.models import ModelCache, PullJobs
@@ -30,6 +29,7 @@ from flm.monitor import Monitor
 from flm.proxy.resource import Upstream
 from flm.registry import Registry
 from flm.retention import Retention
+from flm.startup import DataDirLock, Owner, give_to, listen_now, make_data_dir
 from flm.store import Store
 from flm.store.db import WalCheckpoints
 
@@ -40,11 +40,14 @@ class _QuietFactory(_HTTP11ClientFactory):
     noisy = False  # else every new backend connection logs two lines
 
 
-def quiet_pool(reactor: Any, max_per_host: int) -> HTTPConnectionPool:
+def quiet_pool(reactor: Any, max_per_host: int, idle_timeout: float) -> HTTPConnectionPool:
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool._factory = _QuietFactory
     pool.maxPersistentPerHost = max_per_host
     pool.retryAutomatically = False
+    # Close idle connections before the server does: uvicorn (vLLM) closes them after 5 s,
+    # and a request sent on a connection as it closes fails (Twisted keeps them 240 s).
+    pool.cachedConnectionTimeout = idle_timeout
     return pool
 
 
@@ -85,42 +88,73 @@ class PoolService(Service):
         return DeferredList([p.closeCachedConnections() for p in self.pools])
 
 
-class AdminService(StreamServerEndpointService):
-    """The admin listener; says where it listens once it does."""
+class AdminService(Service):
+    """The admin listener. :func:`build` makes it listen before twistd forks, so a busy
+    endpoint stops start-up at once; it closes first on stop."""
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._waitingForPort.addCallback(self._listening)
+    name = "admin"
 
-    def _listening(self, port: Any) -> Any:
-        address = port.getHost()
-        log.info("FLM admin API listening on {host}:{port}", host=address.host,
-                 port=address.port)
-        return port
+    def __init__(self, endpoint: Any, site: Any, description: str) -> None:
+        self._endpoint = endpoint
+        self._site = site
+        self._description = description
+        self.port: Any = None
+
+    def listen(self) -> None:
+        self.port = listen_now(self._endpoint, self._site, self._description)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.port is None:
+            self.listen()
+        address = self.port.getHost()
+        log.info("FLM admin API listening on {host}:{port}",
+                 host=getattr(address, "host", address), port=getattr(address, "port", ""))
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        port, self.port = self.port, None
+        return maybeDeferred(port.stopListening) if port is not None else succeed(None)
+
+
+def build(settings: Settings, reactor: Any, owner: Owner | None = None) -> "FLMService":
+    """The service, with what must be ours taken first: the data dir lock, then the admin
+    endpoint. Raises :class:`StartupError` (one line) having opened nothing else."""
+    make_data_dir(settings.data_dir, owner)
+    lock = DataDirLock.take(settings.data_dir)
+    try:
+        token = keys.load_admin_token(settings.data_dir, os.environ.get("FLM_ADMIN_TOKEN"))
+        if owner is not None:
+            give_to(owner, settings.data_dir)
+        service = FLMService(settings, reactor, token=token, lock=lock)
+        service.admin_service.listen()
+    except BaseException:
+        lock.release()
+        raise
+    return service
 
 
 class FLMService(MultiService):
     """The whole gateway; children stop in reverse order, so the store closes last."""
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    def __init__(self, settings: Settings, reactor: Any, *, token: str,
+                 lock: DataDirLock | None = None) -> None:
         super().__init__()
         self.settings = settings
-        keys.ensure_data_dir(settings.data_dir)
-        token = keys.load_admin_token(settings.data_dir, os.environ.get("FLM_ADMIN_TOKEN"))
+        self._lock = lock
 
         self.store = Store(settings.db_path, reactor=reactor)
         self.logbuffer = LogBuffer(self.store, reactor, interval=settings.log_flush_interval_s,
                                    batch_rows=settings.log_batch_rows,
                                    max_rows=settings.log_buffer_max_rows,
                                    enabled=settings.request_log)
-        pool = quiet_pool(reactor, max(16, settings.backend_concurrency * 2))
-        admin_pool = quiet_pool(reactor, 4)
+        idle = settings.backend_idle_timeout_s
+        pool = quiet_pool(reactor, max(16, settings.backend_concurrency * 2), idle)
+        admin_pool = quiet_pool(reactor, 4, idle)
         agent = BackendAgent(reactor, connectTimeout=settings.connect_timeout_s, pool=pool)
         http = HTTPClient(Agent(reactor, connectTimeout=settings.connect_timeout_s,
                                 pool=admin_pool))
-        backend_url = settings.backend.rstrip("/")
-        if settings.backend_kind == "openai":  # given with or without its /v1: paths add it
-            backend_url = backend_url.removesuffix("/v1")
+        backend_url = backend_base_url(settings.backend_kind, settings.backend)
         self.backend = make_backend(settings.backend_kind, backend_url, http, reactor)
         self.backend_gate = BackendGate(settings.backend_concurrency, reactor,
                                         settings.priority_aging_s)
@@ -139,11 +173,11 @@ class FLMService(MultiService):
                                  tls_cert=settings.tls_cert, tls_key=settings.tls_key)
         self.models = ModelCache(self.backend, reactor, settings.model_cache_ttl_s)
         self.pulls = PullJobs(self.backend, reactor, on_change=lambda job: self.models.expire())
-        probe_path = "/api/version" if settings.backend_kind == "ollama" else "/v1/models"
-        health = Health(BackendProbe(http, backend_url + probe_path, reactor,
-                                     cache_s=settings.health_cache_s),
-                        settings.memory_limit, lambda: self.logbuffer.healthy)
-        admin_endpoint = serverFromString(reactor, settings.admin)
+        health = Health(BackendProbe(http, backend_url + probe_path(settings.backend_kind),
+                                     reactor, cache_s=settings.health_cache_s),
+                        settings.memory_limit,
+                        DatabaseCheck(self.store, reactor, cache_s=settings.health_cache_s),
+                        rss=lambda: self.monitor.rss_now())
         apis = Apis(self.store, self.registry, self.models, api_host=settings.api_host,
                     first_port=settings.first_port, reserved_ports=_ports_of(settings.admin))
         self.metrics = Metrics(self.store, reactor, registry=self.registry,
@@ -165,14 +199,21 @@ class FLMService(MultiService):
         site = AdminSite(self.admin.resource(), clock=reactor,
                          max_body=settings.admin_max_body_bytes, **limits)
         site.allowed_hosts = settings.admin_hosts
+        self.admin_service = AdminService(serverFromString(reactor, settings.admin), site,
+                                          settings.admin)
 
         # Stopped one at a time in reverse (see stopService): the admin port closes first,
         # then API ports drain, then log rows and metric rollups are written, then the store.
         for child in (self.store, WalCheckpoints(self.store, reactor), self.metrics,
                       self.logbuffer, PoolService(pool, admin_pool),
                       self.registry, self.pulls, self.monitor, self.retention,
-                      AdminService(admin_endpoint, site)):
+                      self.admin_service):
             child.setServiceParent(self)
+
+    def startService(self) -> None:
+        if self._lock is not None:
+            self._lock.write_pid()  # after twistd's fork: the daemon holds the data dir
+        super().startService()
 
     def stopService(self) -> Deferred[None]:
         """Stop children one at a time, last added first (``MultiService`` would stop them
@@ -187,6 +228,8 @@ class FLMService(MultiService):
                 await maybeDeferred(child.stopService)
             except Exception:
                 log.failure("stopping {name} failed", name=getattr(child, "name", child))
+        if self._lock is not None:
+            self._lock.release()
 
 
 def _models_admin(models: ModelCache, pulls: PullJobs, backend: Any, registry: Registry) -> Any:

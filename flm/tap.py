@@ -7,6 +7,7 @@ from typing import Any
 from twisted.python import usage
 
 from flm.config import SettingsError, load_settings
+from flm.startup import StartupError, exit_with, twistd_owner
 
 
 class Options(usage.Options):
@@ -20,6 +21,16 @@ class Options(usage.Options):
         ["backend-max-concurrent", "m", None, "Requests at the backend at once, across all "
                                               "APIs [default: 1 for ollama, 4 for openai]."],
     ]
+
+    def parseOptions(self, options: Any = None) -> None:
+        """Under twistd, a wrong option or setting is one line and exit status 1 (twistd would
+        print its whole usage text before the reason)."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            exit_with(str(e))
 
     def postOptions(self) -> None:
         cli = {
@@ -46,5 +57,8 @@ def _integer(option: str, value: str | None) -> int | None:
 def makeService(options: Options, reactor: Any = None) -> Any:
     if reactor is None:
         from twisted.internet import reactor
-    from flm.service import FLMService
-    return FLMService(options["settings"], reactor)
+    from flm.service import build
+    try:
+        return build(options["settings"], reactor, twistd_owner(options))
+    except StartupError as e:
+        exit_with(str(e))

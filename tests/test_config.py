@@ -214,3 +214,35 @@ def test_tls_cert_and_key_go_together() -> None:
         Settings(tls_cert="/c.pem")
     with pytest.raises(SettingsError, match="^tls_cert:"):
         Settings(tls_key="/k.pem")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("backend", "localhost:11434"),
+    ("backend", "127.0.0.1:11434"),
+    ("backend", "ftp://127.0.0.1/"),
+    ("backend", "http://"),
+    ("backend", "http://host:99999"),
+    ("backend_kind", "llama"),
+    ("admin", "tcp:notaport"),
+    ("admin", "bogus:8420"),
+    ("admin", "8420"),
+    ("api_host", "not an address"),
+    ("first_port", 70000),
+])
+def test_wrong_values_are_one_line_naming_the_setting(field: str, value: Any) -> None:
+    with pytest.raises(SettingsError) as e:
+        Settings(**{field: value})
+    message = str(e.value)
+    assert message.startswith(f"{field}: ") and "\n" not in message, message
+    assert "Attribute(" not in message, message
+
+
+@pytest.mark.parametrize("field, value", [
+    ("backend", "https://gpu.example:8000/v1"),
+    ("backend", "http://[::1]:11434"),
+    ("admin", "unix:/tmp/flm.sock"),
+    ("admin", "tcp6:8420:interface=\\:\\:1"),
+    ("api_host", "::1"),
+])
+def test_right_values_pass(field: str, value: Any) -> None:
+    assert getattr(Settings(**{field: value}), field) == value

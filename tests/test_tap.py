@@ -112,3 +112,29 @@ def test_make_service_writes_the_admin_token_without_env(
     token = (tmp_path / "d" / "admin-token").read_text().strip()
     assert len(token) >= 43
     assert (tmp_path / "d" / "admin-token").stat().st_mode & 0o777 == 0o600
+
+
+def test_under_twistd_a_wrong_setting_is_one_line_and_exit_1(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from twisted.scripts.twistd import ServerOptions
+    config = ServerOptions()
+    with pytest.raises(SystemExit) as e:
+        config.parseOptions(["-n", "flm", "--backend", "localhost:11434"])
+    assert e.value.code == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.startswith("flm: backend: ") and out.err.count("\n") == 1, out.err
+
+
+@pytest.mark.parametrize("toml, expected", [("", 4.0), ("backend_idle_timeout_s = 1.5\n", 1.5)])
+def test_idle_backend_connections_close_before_the_backend_closes_them(
+        tmp_path: Path, toml: str, expected: float) -> None:
+    """uvicorn (vLLM) closes idle keep-alive connections after 5 s; Twisted keeps them 240 s."""
+    config = tmp_path / "flm.toml"
+    config.write_text(toml)
+    options = tap.Options()
+    options.parseOptions(["--data-dir", str(tmp_path / "d"), "--config", str(config),
+                          "--admin", "tcp:0:interface=127.0.0.1"])
+    service = tap.makeService(options, MemoryReactorClock())
+    pools = next(child.pools for child in service if hasattr(child, "pools"))
+    assert [p.cachedConnectionTimeout for p in pools] == [expected] * len(pools)

@@ -12,6 +12,8 @@ from flm.backends.base import (
     BackendUnavailable,
     ModelNotFound,
     NotSupported,
+    backend_base_url,
+    probe_path,
     validate_model_name,
 )
 from flm.backends.ollama import OllamaBackend
@@ -37,6 +39,8 @@ __all__ = [
     "NotSupported",
     "OllamaBackend",
     "OpenAIBackend",
+    "backend_base_url",
     "make_backend",
+    "probe_path",
     "validate_model_name",
 ]

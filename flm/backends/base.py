@@ -36,6 +36,24 @@ UNREACHABLE = (
 )
 
 
+#: What the health probe asks each kind of backend; "reachable" means it answered 2xx.
+PROBE_PATHS = {"ollama": "/api/version", "openai": "/v1/models"}
+
+
+def backend_base_url(kind: str, url: str) -> str:
+    """The one normal form of a backend URL, to which every path FLM sends is appended:
+    no trailing ``/``, and for an OpenAI-compatible server no ``/v1`` (its paths carry it),
+    so ``http://host:8000/v1`` -- the usual way to write it -- works as ``http://host:8000``."""
+    url = url.rstrip("/")
+    if kind == "openai":
+        url = url.removesuffix("/v1")
+    return url
+
+
+def probe_path(kind: str) -> str:
+    return PROBE_PATHS[kind]
+
+
 class BackendUnavailable(Exception):
     """The backend could not be reached (refused, DNS, timeout, connection lost)."""
 

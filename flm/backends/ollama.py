@@ -19,6 +19,7 @@ from flm.backends.base import (
     BackendError,
     BackendUnavailable,
     ModelNotFound,
+    backend_base_url,
     bounded,
     parse_json,
     read_body,
@@ -35,7 +36,7 @@ MAX_LINE = 1024 * 1024  # a progress line is ~200 bytes; anything this long is g
 class OllamaBackend:
     """Talks to an Ollama server at ``base_url`` through an injected treq client."""
 
-    base_url: str = attrs.field(converter=lambda u: u.rstrip("/"))
+    base_url: str = attrs.field(converter=lambda u: backend_base_url("ollama", u))
     _http: Any
     _clock: IReactorTime
     request_timeout_s: float = 10.0

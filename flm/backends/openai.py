@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from flm.backends.base import (
     OPENAI_PATHS,
     BackendError,
+    backend_base_url,
     NotSupported,
     bounded,
     read_error,
@@ -27,7 +28,7 @@ from flm.backends.base import (
 class OpenAIBackend:
     """Talks to an OpenAI-compatible server at ``base_url`` (with or without ``/v1``)."""
 
-    base_url: str = attrs.field(converter=lambda u: u.rstrip("/").removesuffix("/v1"))
+    base_url: str = attrs.field(converter=lambda u: backend_base_url("openai", u))
     _http: Any
     _clock: IReactorTime
     request_timeout_s: float = 10.0

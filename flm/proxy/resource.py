@@ -188,6 +188,7 @@ class ProxyResource(Resource):
         now = self.up.clock.seconds()
         if request._disconnected and error is None:
             error = "client_closed"
+        error = getattr(request, "cut_reason", None) or error  # cut by a stop: shutting_down
         self.up.record((
             config.id, request.arrived, request.method.decode("ascii", "replace"),
             request.path.decode("utf-8", "replace")[:200], status,
@@ -344,7 +345,8 @@ class ProxyResource(Resource):
         except CancelledError:
             raise
         except Exception:
-            error = "client_closed" if request._disconnected else relay.error
+            error = "client_closed" if request._disconnected else (
+                getattr(request, "cut_reason", None) or relay.error)
             if not request._disconnected:
                 self._cut(request, error)
         finally:
@@ -362,13 +364,17 @@ class ProxyResource(Resource):
         content_type = request.responseHeaders.getRawHeaders(b"content-type", [b""])[0]
         if content_type.startswith(b"text/event-stream"):
             # An SSE client is told why, then the stream ends cleanly.
-            event = json.dumps({"error": {"message": "The backend stopped mid-stream.",
-                                          "type": "server_error", "code": error}})
+            message = CUT_MESSAGES.get(error or "", "The backend stopped mid-stream.")
+            event = json.dumps({"error": {"message": message, "type": "server_error",
+                                          "code": error}})
             request.write(b"event: error\ndata: " + event.encode() + b"\n\n")
         else:
             # Anything else is cut short, so the client cannot take it for complete.
             request.transport.abortConnection()
             request._disconnected = True
+
+
+CUT_MESSAGES = {"shutting_down": "The gateway is shutting down; the stream was cut."}
 
 
 class _Timing:

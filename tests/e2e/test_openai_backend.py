@@ -45,3 +45,20 @@ def test_openai_kind_backend(gateway_factory: Callable[..., Gateway]) -> None:
 
     pull = gw.admin("POST", "/api/models/pull", {"name": "llama3.2"})
     assert pull.status_code == 501 and pull.json()["error"]["code"] == "not_supported", pull.text
+
+
+def test_a_v1_base_url_is_the_usual_form(tmp_path, fake) -> None:
+    """``--backend http://host:8000/v1``: requests go to /v1/chat/completions, not /v1/v1/..."""
+    gw = Gateway(tmp_path, fake, args=("--backend", fake.url + "/v1/", "--backend-kind", "openai"))
+    try:
+        gw.start()
+        assert gw.admin("GET", "/health").json()["backend"]["reachable"] is True
+        api = gw.create_api()
+        response = httpx.post(f"{api_url(api)}/v1/chat/completions",
+                              json={"model": "m", "messages": MESSAGES},
+                              headers={"Authorization": f"Bearer {api['key']}"}, timeout=10)
+        assert response.status_code == 200, response.text
+        assert not any(p.startswith("/v1/v1") for p in fake.stats()["by_path"])
+    finally:
+        gw.kill()
+        gw.http.close()

@@ -1,0 +1,137 @@
+"""What must hold before FLM runs: the data dir is ours alone, and the admin endpoint listens.
+
+``twistd`` calls ``makeService`` in the process the user started, before it daemonizes and
+before it drops privileges (``--uid``/``--gid``). Checking here means a failure reaches the
+user as one line and a non-zero exit status in daemon mode too, having opened nothing. What
+is taken here survives the fork: the daemon inherits the locked file and the listening socket
+(an ``flock`` lives as long as any descriptor of its open file does).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import attrs
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.python.failure import Failure
+
+LOCK_FILE = "flm.lock"
+# Files FLM keeps in its data dir; handed to the user twistd switches to.
+OWNED_FILES = ("admin-token", LOCK_FILE, "flm.sqlite3", "flm.sqlite3-wal", "flm.sqlite3-shm")
+
+
+class StartupError(Exception):
+    """FLM cannot start; the message is one line that names the cause."""
+
+
+def exit_with(message: str) -> NoReturn:
+    """Say why in one line on stderr and exit non-zero (no usage text, no traceback)."""
+    sys.stderr.write(f"flm: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+@attrs.frozen
+class Owner:
+    """The user and group ``twistd --uid/--gid`` runs FLM as after start-up."""
+
+    uid: int
+    gid: int
+
+
+def twistd_owner(options: Any) -> Owner | None:
+    """The user twistd will switch to, from the twistd options above ours; None if none."""
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return None
+    uid, gid = parent.get("uid"), parent.get("gid")
+    if uid is None and gid is None:
+        return None
+    if uid is None:
+        uid = os.getuid()
+    if gid is None:
+        import pwd
+        gid = pwd.getpwuid(uid).pw_gid
+    return Owner(int(uid), int(gid))
+
+
+def make_data_dir(data_dir: str, owner: Owner | None) -> None:
+    """Create the data dir (owner only); hand it and FLM's files in it to ``owner``."""
+    path = Path(data_dir)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"data_dir: cannot create {data_dir}: {e.strerror}") from None
+    if not path.is_dir():
+        raise StartupError(f"data_dir: {data_dir} is not a directory")
+    if owner is not None:
+        give_to(owner, data_dir)
+
+
+def give_to(owner: Owner, data_dir: str) -> None:
+    """chown the data dir and the files FLM keeps there, so FLM can use them after the drop."""
+    path = Path(data_dir)
+    for p in (path, *(path / name for name in OWNED_FILES)):
+        try:
+            os.chown(p, owner.uid, owner.gid)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StartupError(f"data_dir: cannot give {p} to uid {owner.uid}: "
+                               f"{e.strerror}") from None
+
+
+class DataDirLock:
+    """An ``flock`` on ``<data-dir>/flm.lock``, which also says the holder's pid."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+
+    @classmethod
+    def take(cls, data_dir: str) -> "DataDirLock":
+        """Lock the data dir or raise :class:`StartupError` naming the FLM that holds it."""
+        path = Path(data_dir) / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StartupError(f"data_dir: cannot open {path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StartupError(f"data_dir: {data_dir} is in use by another FLM (pid {holder}); "
+                               "stop it, or give this one another --data-dir") from None
+        lock = cls(path, fd)
+        lock.write_pid()
+        return lock
+
+    def write_pid(self) -> None:
+        """Name this process as the holder; called again in the daemon after the fork."""
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, b"%d\n" % os.getpid(), 0)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def listen_now(endpoint: Any, factory: Any, description: str) -> IListeningPort:
+    """Listen at once (server endpoints of the reactor listen synchronously) or raise
+    :class:`StartupError` naming the admin endpoint."""
+    outcome: list[Any] = []
+    endpoint.listen(factory).addBoth(outcome.append)
+    if not outcome:
+        raise StartupError(f"admin: {description} did not listen at once")
+    result = outcome[0]
+    if isinstance(result, Failure):
+        reason = result.value.socketError if result.check(CannotListenError) else result.value
+        raise StartupError(f"admin: cannot listen on {description}: {reason}")
+    return result
