@@ -24,8 +24,8 @@ from typing import Any
 import psutil
 
 from bench import harness, loadgen
-from bench.report import fmt_table, verdict
 from bench.harness import BenchError, cpu_seconds, main_thread_cpu, median
+from bench.report import fmt_table, verdict
 from bench.soak import wait_quiet
 
 TARGETS = ("direct", "bare", "flm")

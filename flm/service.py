@@ -7,85 +7,33 @@ from typing import Any
 
 from treq.client import HTTPClient
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
-from twisted.web.client import URI, Agent, HTTPConnectionPool, _HTTP11ClientFactory
-from twisted.web.client import _ensureValidURI
 
 from flm import keys
 from flm.admin.apis import Apis
 from flm.admin.app import AdminApp, AdminSite
 from flm.admin.models import ModelsAdmin
 from flm.admin.observe import Observe
-from flm.admission import BackendGate, QueuedBytes
 from flm.backends import backend_base_url, make_backend, probe_path
+from flm.backends.catalog import ModelCache
+from flm.backends.pulls import PullJobs
 from flm.config import Settings
-from flm.health import BackendProbe, DatabaseCheck, Health
-from flm.logbuffer import LogBuffer
-from flm.metrics import Metrics
-from flm.models import ModelCache, PullJobs
-from flm.monitor import Monitor
-from flm.proxy.resource import Upstream
-from flm.registry import Registry
-from flm.retention import Retention
+from flm.gateway.admission import BackendGate, QueuedBytes
+from flm.gateway.registry import Registry
+from flm.gateway.resource import Upstream
+from flm.http.client import PoolService, make_agent, make_pool
+from flm.observe.checkpoints import WalCheckpoints
+from flm.observe.health import BackendProbe, DatabaseCheck, Health
+from flm.observe.logbuffer import LogBuffer
+from flm.observe.metrics import Metrics
+from flm.observe.monitor import Monitor
+from flm.observe.retention import Retention
 from flm.startup import DataDirLock, Owner, give_to, listen_now, make_data_dir
 from flm.store import Store
-from flm.store.db import WalCheckpoints
 
 log = Logger()
-
-
-class _QuietFactory(_HTTP11ClientFactory):
-    noisy = False  # else every new backend connection logs two lines
-
-
-def quiet_pool(reactor: Any, max_per_host: int, idle_timeout: float) -> HTTPConnectionPool:
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool._factory = _QuietFactory
-    pool.maxPersistentPerHost = max_per_host
-    pool.retryAutomatically = False
-    # Close idle connections before the server does: uvicorn (vLLM) closes them after 5 s,
-    # and a request sent on a connection as it closes fails (Twisted keeps them 240 s).
-    pool.cachedConnectionTimeout = idle_timeout
-    return pool
-
-
-class BackendAgent(Agent):
-    """An Agent that parses each backend URL and builds its endpoint once.
-
-    The proxy sends every request to one of a handful of URLs; ``Agent.request`` would
-    parse the URL and build a ``HostnameEndpoint`` (IDNA-encoding the host) each time,
-    ~10% of the reactor's time at concurrency 50.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._targets: dict[bytes, tuple[Any, Any, Any]] = {}
-
-    def request(self, method: bytes, uri: bytes, headers: Any = None,
-                bodyProducer: Any = None) -> Deferred[Any]:
-        target = self._targets.get(uri)
-        if target is None:
-            if len(self._targets) > 64:
-                return super().request(method, uri, headers, bodyProducer)
-            parsed = URI.fromBytes(_ensureValidURI(uri.strip()))
-            key = (parsed.scheme, parsed.host, parsed.port)
-            target = self._targets[uri] = (key, self._getEndpoint(parsed), parsed)
-        key, endpoint, parsed = target
-        return self._requestWithEndpoint(key, endpoint, method, parsed, headers,
-                                         bodyProducer, parsed.originForm)
-
-
-class PoolService(Service):
-    """Owns the outgoing connection pool and closes it on stop."""
-
-    def __init__(self, *pools: HTTPConnectionPool) -> None:
-        self.pools = pools
-
-    def stopService(self) -> Deferred[Any]:
-        super().stopService()
-        return DeferredList([p.closeCachedConnections() for p in self.pools])
 
 
 class AdminService(Service):
@@ -149,11 +97,10 @@ class FLMService(MultiService):
                                    max_rows=settings.log_buffer_max_rows,
                                    enabled=settings.request_log)
         idle = settings.backend_idle_timeout_s
-        pool = quiet_pool(reactor, max(16, settings.backend_concurrency * 2), idle)
-        admin_pool = quiet_pool(reactor, 4, idle)
-        agent = BackendAgent(reactor, connectTimeout=settings.connect_timeout_s, pool=pool)
-        http = HTTPClient(Agent(reactor, connectTimeout=settings.connect_timeout_s,
-                                pool=admin_pool))
+        pool = make_pool(reactor, max(16, settings.backend_concurrency * 2), idle)
+        admin_pool = make_pool(reactor, 4, idle)
+        agent = make_agent(reactor, pool, settings.connect_timeout_s)
+        http = HTTPClient(make_agent(reactor, admin_pool, settings.connect_timeout_s))
         backend_url = backend_base_url(settings.backend_kind, settings.backend)
         self.backend = make_backend(settings.backend_kind, backend_url, http, reactor)
         self.backend_gate = BackendGate(settings.backend_concurrency, reactor,

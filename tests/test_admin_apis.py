@@ -27,9 +27,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from flm import keys
 from flm.admin.apis import Apis, encode_cursor
 from flm.admin.app import AdminApp
-from flm.admission import BackendGate
-from flm.proxy.resource import Upstream
-from flm.registry import Registry
+from flm.gateway.admission import BackendGate
+from flm.gateway.registry import Registry
+from flm.gateway.resource import Upstream
 from flm.store import Store
 
 TOKEN = "admin-test-token"

@@ -16,7 +16,8 @@ from twisted.web.server import NOT_DONE_YET
 
 from flm.admin.models import ModelsAdmin
 from flm.backends import make_backend
-from flm.models import ModelCache, PullJobs
+from flm.backends.catalog import ModelCache
+from flm.backends.pulls import PullJobs
 
 DIGEST = "sha256:6a0746a1ec1aef3e7ec53868f220ff6e389f6f8ef87a01d77c96807de94ca2aa"
 PULL = [
@@ -127,7 +128,7 @@ class AdminTests(AdminCase):
         code, ctype, body = self.call("GET", "")
         assert code == 200 and ctype == b"application/json"
         assert [m["name"] for m in body["models"]] == self.fake.names
-        assert body["fetched_at"] == "2023-11-14T22:13:20Z" and body["stale"] is False
+        assert body["fetched_at"] == "2023-11-14T22:13:20.000Z" and body["stale"] is False
 
     def test_list_stale_and_unavailable(self) -> None:
         self.fake.down = True
@@ -335,7 +336,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from flm.admin.models import ModelsAdmin
 from flm.backends import make_backend
-from flm.models import ModelCache, PullJobs
+from flm.backends.catalog import ModelCache
+from flm.backends.pulls import PullJobs
 
 LINES = [{"status": "pulling manifest"}] + [
     {"status": "pulling 6a0746a1ec1a", "digest": "sha256:6a07", "total": 1000, "completed": c}

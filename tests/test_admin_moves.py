@@ -13,9 +13,9 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.trial.unittest import TestCase
 
 from flm.admin.apis import Apis
-from flm.admission import BackendGate
-from flm.proxy.resource import Upstream
-from flm.registry import Registry
+from flm.gateway.admission import BackendGate
+from flm.gateway.registry import Registry
+from flm.gateway.resource import Upstream
 from flm.store import Store
 from tests.test_admin_apis import AdminTestCase, FakeModels, InlineReactor, free_port
 

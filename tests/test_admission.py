@@ -1,4 +1,4 @@
-"""flm.admission on a ``task.Clock``: the per-API gate, the shared backend gate, rate limits.
+"""flm.gateway.admission on a ``task.Clock``: the per-API gate, the shared backend gate, rate limits.
 
 The property tests drive random sequences of arrivals, finishes, cancellations, limit changes
 and time over several APIs sharing one backend gate, through the same two-stage wait the
@@ -17,7 +17,7 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from flm.admission import ApiGate, BackendGate, Refused, TokenBucket
+from flm.gateway.admission import ApiGate, BackendGate, Refused, TokenBucket
 
 PROPERTY = settings(derandomize=True, deadline=None, max_examples=300)
 

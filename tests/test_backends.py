@@ -252,8 +252,8 @@ def test_unknown_kind() -> None:
 
 
 def test_unreachable_backend() -> None:
-    from twisted.internet.error import ConnectionRefusedError
     from twisted.internet.defer import fail
+    from twisted.internet.error import ConnectionRefusedError
 
     class Refusing:
         def request(self, *a: Any, **kw: Any) -> Deferred:

@@ -8,7 +8,13 @@ from typing import Any
 import attrs
 import pytest
 
-from flm.config import Settings, SettingsError, default_data_dir, load_settings, parse_size
+from flm.config import (
+    Settings,
+    SettingsError,
+    default_data_dir,
+    load_settings,
+    parse_size,
+)
 
 DATA = "/srv/flm"
 

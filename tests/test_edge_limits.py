@@ -1,6 +1,6 @@
 """Limits at the edge of every listening port, without sockets.
 
-An :class:`~flm.registry.ApiSite` (with a fake backend behind a ``RequestTraversalAgent``)
+An :class:`~flm.gateway.registry.ApiSite` (with a fake backend behind a ``RequestTraversalAgent``)
 and the :class:`~flm.admin.app.AdminSite` are fed raw bytes over an in-memory transport on
 a ``MemoryReactorClock``; the harness here is reused by ``tests/test_fuzz_http.py``.
 """
@@ -19,9 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from flm import keys
 from flm.admin.app import AdminApp, AdminSite
-from flm.admission import BackendGate
-from flm.proxy.resource import ROUTES, Upstream
-from flm.registry import ApiRuntime, ApiSite, Registry
+from flm.gateway.admission import BackendGate
+from flm.gateway.registry import ApiRuntime, ApiSite, Registry
+from flm.gateway.resource import ROUTES, Upstream
 from flm.store import ApiRecord
 from tests.fakes.backend import FakeResource, FakeState
 

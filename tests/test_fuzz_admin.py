@@ -17,18 +17,31 @@ from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+)
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
 
 from flm import keys
 from flm.admin.apis import Apis
 from flm.admin.app import AdminApp
-from flm.admission import BackendGate
-from flm.proxy.resource import Upstream
-from flm.registry import Registry
-from tests.test_admin_apis import (BASE, TOKEN, AdminTestCase, FakeModels, InlineReactor,
-                                   healthy, inline_store)
+from flm.gateway.admission import BackendGate
+from flm.gateway.registry import Registry
+from flm.gateway.resource import Upstream
+from tests.test_admin_apis import (
+    BASE,
+    TOKEN,
+    AdminTestCase,
+    FakeModels,
+    InlineReactor,
+    healthy,
+    inline_store,
+)
 
 FIELDS = ["name", "model", "host", "port", "max_concurrent", "max_queue", "queue_timeout_s",
           "upstream_timeout_s", "rate_limit_rpm", "priority", "allow_unknown_model", "start",

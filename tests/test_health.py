@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
-from flm.health import BackendProbe, DatabaseCheck
+from flm.observe.health import BackendProbe, DatabaseCheck
 from flm.store import Store
 
 

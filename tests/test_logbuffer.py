@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from flm.logbuffer import LogBuffer
+from flm.observe.logbuffer import LogBuffer
 from flm.store import Store
 from flm.store.db import _INSERT_LOG, LOG_COLUMNS
 

@@ -19,10 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from flm import keys
 from flm.admin.app import AdminApp
 from flm.admin.observe import Observe
-from flm.logbuffer import LogBuffer
-from flm.metrics import Metrics
-from flm.store import Store
-from flm.store import logs
+from flm.observe.logbuffer import LogBuffer
+from flm.observe.metrics import Metrics
+from flm.store import Store, logs
 from flm.store.db import LOG_COLUMNS, write_logs
 from flm.store.migrations import migrate
 
@@ -210,7 +209,7 @@ class LogsRouteTests(TestCase):
         first = page["items"][0]
         self.assertEqual(set(first), {"id", *LOG_COLUMNS})
         self.assertRegex(first["created_at"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-        code, page = await self.get(f"/api/apis/api-1/logs?status=503")
+        code, page = await self.get("/api/apis/api-1/logs?status=503")
         self.assertEqual({r["status"] for r in page["items"]}, {503})
         since, until = "2023-11-14T22:14:20Z", "2023-11-14T22:14:40Z"  # T0 + 20 .. T0 + 40
         code, page = await self.get(f"/api/apis/{self.one.id}/logs?since={since}&until={until}")
@@ -229,7 +228,7 @@ class LogsRouteTests(TestCase):
             path = f"/api/logs?limit=7&cursor={page['next_cursor']}" if page["next_cursor"] \
                 else ""
         self.assertEqual(seen, list(range(120, 0, -1)))
-        code, page = await self.get(f"/api/logs?api=api-2&limit=500")
+        code, page = await self.get("/api/logs?api=api-2&limit=500")
         self.assertEqual({r["api_id"] for r in page["items"]}, {self.two.id})
         self.assertEqual(len(page["items"]), 40)
 

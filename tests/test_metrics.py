@@ -14,8 +14,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from flm.admin.app import AdminApp
 from flm.admin.observe import Observe
-from flm.logbuffer import LogBuffer
-from flm.metrics import Metrics, p95
+from flm.observe.logbuffer import LogBuffer
+from flm.observe.metrics import Metrics
+from flm.observe.minutes import p95
 from flm.store import Store, logs
 from tests.test_logs_api import T0, SyncStore, api_fields, log_row, now
 
@@ -234,7 +235,8 @@ class PrometheusTests(SynchronousTestCase):
 
 
 def test_samples_past_the_exact_limit_keep_p95_within_two_percent_and_never_low() -> None:
-    from flm.metrics import Samples, p95 as exact_p95
+    from flm.observe.minutes import Samples
+    from flm.observe.minutes import p95 as exact_p95
     rng = random.Random(7)
     values = [rng.lognormvariate(3, 1.2) for _ in range(20_000)]
     whole, left, right = Samples(), Samples(), Samples()
@@ -249,7 +251,8 @@ def test_samples_past_the_exact_limit_keep_p95_within_two_percent_and_never_low(
 
 
 def test_samples_stay_exact_while_few() -> None:
-    from flm.metrics import Samples, p95 as exact_p95
+    from flm.observe.minutes import Samples
+    from flm.observe.minutes import p95 as exact_p95
     s = Samples()
     for v in (5.0, 1.0, 3.0):
         s.add(v)

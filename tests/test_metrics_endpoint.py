@@ -11,8 +11,8 @@ from twisted.internet.task import Clock
 
 from flm.admin.app import AdminApp
 from flm.admin.observe import Observe
-from flm.logbuffer import LogBuffer
-from flm.metrics import Metrics
+from flm.observe.logbuffer import LogBuffer
+from flm.observe.metrics import Metrics
 from tests.test_admin_apis import TOKEN, AdminTestCase, healthy
 from tests.test_logs_api import log_row
 

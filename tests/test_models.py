@@ -15,7 +15,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from flm.backends import BackendUnavailable, NotSupported, make_backend
-from flm.models import ModelCache, PullJob, PullJobs, same_model
+from flm.backends.catalog import ModelCache, same_model
+from flm.backends.pulls import PullJob, PullJobs
 
 DIGEST_A = "sha256:6a0746a1ec1aef3e7ec53868f220ff6e389f6f8ef87a01d77c96807de94ca2aa"
 DIGEST_B = "sha256:4fa551d4f938f68b8c1e6afa9d28befb70e3f33f75d0753248d530364aeea40f"

@@ -10,8 +10,8 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from flm import monitor as monitor_module
-from flm.monitor import Monitor
+from flm.observe import monitor as monitor_module
+from flm.observe.monitor import Monitor
 
 
 class FakeProcess:

@@ -24,10 +24,10 @@ from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
 from flm import keys
-from flm.admission import BackendGate
 from flm.backends.ollama import OLLAMA_PATHS
-from flm.proxy.resource import Upstream
-from flm.registry import ApiRuntime, ApiSite, Registry
+from flm.gateway.admission import BackendGate
+from flm.gateway.registry import ApiRuntime, ApiSite, Registry
+from flm.gateway.resource import Upstream
 from flm.store import ApiRecord
 from flm.store.db import LOG_COLUMNS
 

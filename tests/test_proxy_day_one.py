@@ -19,8 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from flm.backends import ModelNotFound
 from flm.backends.base import OPENAI_PATHS
-from flm.metrics import Metrics, Minute
-from flm.proxy.relay import UsageChunkFilter
+from flm.gateway.relay import UsageChunkFilter
+from flm.observe.metrics import Metrics
+from flm.observe.minutes import Minute
 from tests.test_logs_api import SyncStore, log_row
 from tests.test_proxy import (
     CHAT,

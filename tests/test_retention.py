@@ -8,7 +8,7 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from flm.retention import Retention
+from flm.observe.retention import Retention
 from flm.store import Store, logs
 from tests.test_logs_api import T0, log_row
 

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
-from flm.metrics import Metrics
+from flm.observe.metrics import Metrics
 from flm.store import Store, logs
 from tests.test_store import T0, api_fields, log_row
 

@@ -7,12 +7,13 @@ from typing import Any, Callable
 import attrs
 
 from flm import keys
-from flm.admin.errors import AdminError
 from flm.admin import validation
+from flm.admin.errors import AdminError
 from flm.admin.validation import STATUSES, invalid, validate_create, validate_update
-from flm.registry import PortInUse, Registry, bind_problem
+from flm.gateway.ports import PortInUse, bind_problem
+from flm.gateway.registry import Registry
+from flm.http.tls import TlsProblem
 from flm.store import ApiRecord, Conflict, Store
-from flm.tls import TlsProblem
 
 # Creates without a port that race for the same free one: each retries with the next.
 PORT_ATTEMPTS = 20

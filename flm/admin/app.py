@@ -19,8 +19,8 @@ from flm.admin.apis import Apis
 from flm.admin.errors import AdminError, error, json_body
 from flm.admin.observe import PROMETHEUS_CONTENT_TYPE
 from flm.admin.validation import page_limit, parse_json
-from flm.proxy.channel import GuardedSite
-from flm.proxy.request import BoundedRequest
+from flm.http.edge import GuardedSite
+from flm.http.request import BoundedRequest
 
 log = Logger()
 
@@ -42,10 +42,6 @@ class AdminRequest(BoundedRequest):
         except UnicodeError:
             self.refuse(400, self.channel.site.error_body(
                 400, "bad_request", "The path or Host is not UTF-8 once percent-decoded."))
-
-    def too_large(self) -> tuple[int, bytes]:
-        return 413, self.channel.site.error_body(
-            413, "request_too_large", f"The body is over {self.channel.site.max_body} bytes.")
 
 
 def _without_port(host: str) -> str:

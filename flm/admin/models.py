@@ -34,7 +34,8 @@ from flm.backends.base import (
     NotSupported,
     validate_model_name,
 )
-from flm.models import ModelCache, PullJobs, iso
+from flm.backends.catalog import ModelCache, iso
+from flm.backends.pulls import PullJobs
 
 log = Logger()
 MAX_BODY = 64 * 1024

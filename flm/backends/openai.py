@@ -15,8 +15,8 @@ from twisted.internet.interfaces import IReactorTime
 from flm.backends.base import (
     OPENAI_PATHS,
     BackendError,
-    backend_base_url,
     NotSupported,
+    backend_base_url,
     bounded,
     read_error,
     read_json,

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 from twisted.internet.defer import Deferred
 
-from flm.store.records import API_FIELDS, ApiRecord
+from flm.records import API_FIELDS, ApiRecord
 
 _API_COLUMNS = ", ".join(API_FIELDS)
 

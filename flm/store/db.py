@@ -16,14 +16,13 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from flm.periodic import PeriodicService
+from flm.records import utc_iso
 from flm.store import spans
 from flm.store.apis import ApiQueries, Conflict
 from flm.store.migrations import migrate
 from flm.store.pool import BUSY_TIMEOUT_MS, Engine, Timings, configure_writer
-from flm.store.records import utc_iso
 
-__all__ = ["Conflict", "LOG_COLUMNS", "Store", "WalCheckpoints"]
+__all__ = ["Conflict", "LOG_COLUMNS", "Store"]
 
 log = Logger()
 
@@ -212,16 +211,3 @@ def write_logs(c: Any, rows: Sequence[Sequence[Any]], last_used: dict[int, float
     spans.note(c, first_id)
     c.executemany("UPDATE apis SET last_used_at = ? WHERE id = ?",
                   [(utc_iso(t), api_id) for api_id, t in last_used.items()])
-
-
-class WalCheckpoints(PeriodicService):
-    """Checkpoints the store's WAL every few minutes."""
-
-    name = "wal_checkpoints"
-
-    def __init__(self, store: Store, clock: Any, interval: float = 300.0) -> None:
-        super().__init__(clock, interval)
-        self._store = store
-
-    def tick(self) -> Deferred[Any]:
-        return self._store.checkpoint()

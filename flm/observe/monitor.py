@@ -13,7 +13,7 @@ import psutil
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from flm.periodic import PeriodicService
+from flm.observe.periodic import PeriodicService
 
 log = Logger()
 

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from flm.periodic import PeriodicService
+from flm.observe.periodic import PeriodicService
 
 log = Logger()
 

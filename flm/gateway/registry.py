@@ -3,78 +3,27 @@
 from __future__ import annotations
 
 import errno
-import socket
-from collections import OrderedDict
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
-from twisted.internet.endpoints import (SSL4ServerEndpoint, TCP4ServerEndpoint,
-                                       TCP6ServerEndpoint)
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from flm.admission import ApiGate, FailedKeyLimiter, TokenBucket
-from flm.models import same_model
-from flm.proxy.channel import GuardedSite
-from flm.proxy.errors import error_json as openai_error
-from flm.proxy.request import ProxyRequest
-from flm.proxy.resource import ProxyResource, Upstream
-from flm.store import ApiRecord, Store
-from flm.tls import TlsProblem, needs_tls, server_options
+from flm.backends.catalog import same_model
+from flm.gateway.admission import ApiGate, FailedKeyLimiter, TokenBucket
+from flm.gateway.cache import ConfigCache
+from flm.gateway.errors import error_json as openai_error
+from flm.gateway.ports import PortInUse, endpoint, not_here
+from flm.gateway.request import ProxyRequest
+from flm.gateway.resource import ProxyResource, Upstream
+from flm.http.edge import GuardedSite
+from flm.http.tls import TlsProblem, needs_tls, server_options
+from flm.records import ApiRecord
 
 log = Logger()
-
-
-class PortInUse(Exception):
-    """An API cannot listen; ``field`` names what to change: ``port`` (taken), ``host``
-    (not an address of this machine, or TLS missing) or ``tls_cert`` / ``tls_key``."""
-
-    def __init__(self, port: int, reason: str, field: str = "port") -> None:
-        super().__init__(f"port {port} is in use: {reason}" if field == "port" else reason)
-        self.port = port
-        self.field = field
-
-
-def _not_here(host: str) -> PortInUse:
-    return PortInUse(0, f"{host} is not an address of this machine", "host")
-
-
-class ConfigCache:
-    """LRU of API configs by port and by key hash; every change goes through ``put``/``drop``."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._by_port: OrderedDict[int, ApiRecord] = OrderedDict()
-        self._by_key: dict[str, ApiRecord] = {}
-
-    def by_port(self, port: int) -> ApiRecord | None:
-        config = self._by_port.get(port)
-        if config is not None:
-            self._by_port.move_to_end(port)
-        return config
-
-    def by_key_hash(self, key_hash: str) -> ApiRecord | None:
-        return self._by_key.get(key_hash)
-
-    def put(self, config: ApiRecord) -> None:
-        self.drop(config.id)
-        self._by_port[config.port] = config
-        self._by_key[config.key_hash] = config
-        while len(self._by_port) > self._size:
-            _, old = self._by_port.popitem(last=False)
-            self._by_key.pop(old.key_hash, None)
-
-    def drop(self, api_id: int) -> None:
-        for port, config in list(self._by_port.items()):
-            if config.id == api_id:
-                del self._by_port[port]
-                self._by_key.pop(config.key_hash, None)
-
-    def __len__(self) -> int:
-        return len(self._by_port)
 
 
 class ApiSite(GuardedSite):
@@ -129,30 +78,14 @@ class ApiRuntime:
         return config
 
 
-def _endpoint(reactor: Any, host: str, port: int, tls: Any = None) -> Any:
-    if tls is not None:
-        return SSL4ServerEndpoint(reactor, port, tls, interface=host)
-    if ":" in host:
-        return TCP6ServerEndpoint(reactor, port, interface=host)
-    return TCP4ServerEndpoint(reactor, port, interface=host)
+class ApiSource(Protocol):
+    """What the registry needs of the store (the gateway never imports the store)."""
 
+    async def apis_to_run(self) -> list[ApiRecord]: ...
 
-def bind_problem(host: str, port: int) -> PortInUse | None:
-    """Why ``host:port`` cannot be listened on now (port 0: is ``host`` on this machine)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            if e.errno == errno.EADDRNOTAVAIL:
-                return _not_here(host)
-            return PortInUse(port, f"cannot listen on {host}:{port}: {e.strerror}")
-    return None
+    async def get_api(self, ref: int | str) -> ApiRecord | None: ...
 
-
-def port_is_free(host: str, port: int) -> bool:
-    return bind_problem(host, port) is None
+    async def update_api(self, api_id: int, fields: dict[str, Any]) -> ApiRecord | None: ...
 
 
 class Registry(Service):
@@ -160,7 +93,7 @@ class Registry(Service):
 
     name = "registry"
 
-    def __init__(self, store: Store, upstream: Upstream, *, reactor: Any, cache_size: int,
+    def __init__(self, store: ApiSource, upstream: Upstream, *, reactor: Any, cache_size: int,
                  grace_period: float, site_limits: dict[str, Any],
                  tls_cert: str | None = None, tls_key: str | None = None) -> None:
         self.store = store
@@ -202,12 +135,12 @@ class Registry(Service):
     async def _listen(self, config: ApiRecord, site: ApiSite) -> IListeningPort:
         try:
             tls = self.tls_options(config)
-            return await _endpoint(self.reactor, config.host, config.port, tls).listen(site)
+            return await endpoint(self.reactor, config.host, config.port, tls).listen(site)
         except TlsProblem as e:
             raise PortInUse(config.port, e.message, e.field) from None
         except CannotListenError as e:
             if getattr(e.socketError, "errno", None) == errno.EADDRNOTAVAIL:
-                raise _not_here(config.host) from None
+                raise not_here(config.host) from None
             raise PortInUse(config.port, f"cannot listen on {config.host}:{config.port}: "
                                          f"{e.socketError}") from None
 

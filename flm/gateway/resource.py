@@ -6,90 +6,34 @@ import json
 from typing import Any, Callable
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import IAgent, IBodyProducer
+from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-from zope.interface import implementer
 
 from flm import keys
-from flm.admission import BackendGate, QueuedBytes, Refused
 from flm.backends.base import BackendError, BackendUnavailable, ModelNotFound
-from flm.proxy import discovery
-from flm.proxy.errors import error_body
-from flm.proxy.headers import copy_response_headers, upstream_headers
-from flm.proxy.relay import Relay, UsageChunkFilter, usage_from_tail
-from flm.proxy.request import wrong_key
+from flm.gateway import discovery
+from flm.gateway.admission import BackendGate, QueuedBytes, Refused
+from flm.gateway.errors import error_body
+from flm.gateway.headers import copy_response_headers, upstream_headers
+from flm.gateway.payload import ROUTES, BytesBody, rewrite
+from flm.gateway.relay import Relay, UsageChunkFilter, usage_from_tail
+from flm.gateway.request import wrong_key
+from flm.gateway.timing import Timing
 
 log = Logger()
 
 DEFAULT_MAX_QUEUED_BYTES = 256 * 1024 * 1024
-
-# path -> (streams unless told otherwise, takes stream_options.include_usage)
-ROUTES: dict[bytes, tuple[bool, bool]] = {
-    b"/v1/chat/completions": (False, True),
-    b"/v1/completions": (False, True),
-    b"/v1/embeddings": (False, False),
-    b"/api/chat": (True, False),
-    b"/api/generate": (True, False),
-    b"/api/embed": (False, False),
-}
-
 
 def _timed_out(result: Any, timeout: float) -> Any:
     """Agent wraps a cancellation (``ResponseNeverReceived``...): still a timeout."""
     if isinstance(result, Failure):
         return Failure(TimeoutError(f"no answer in {timeout:g} s"))
     return result
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def rewrite(raw: bytes, model: str, streams_by_default: bool, takes_usage: bool
-            ) -> tuple[bytes, UsageChunkFilter | None]:
-    """The body to send upstream: ``model`` set, usage asked for on OpenAI streams.
-
-    Its own function so the parsed tree is gone once it returns: a queued request holds
-    only the bytes (a 13.8 MiB body parsed is several times that in objects).
-    """
-    payload = json.loads(raw, parse_constant=_reject_constant)
-    if not isinstance(payload, dict):
-        raise ValueError("the body must be a JSON object")
-    payload["model"] = model
-    usage_filter = None
-    if takes_usage and payload.get("stream", streams_by_default) is True:
-        options = payload.get("stream_options")
-        if not (isinstance(options, dict) and options.get("include_usage") is True):
-            options = dict(options) if isinstance(options, dict) else {}
-            options["include_usage"] = True
-            payload["stream_options"] = options
-            usage_filter = UsageChunkFilter()
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(), usage_filter
-
-
-@implementer(IBodyProducer)
-class _BytesBody:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 @attrs.define
@@ -174,7 +118,7 @@ class ProxyResource(Resource):
                 self._send_bytes(request, status, body)
                 return
         rt.in_flight += 1
-        timing = _Timing(request.arrived, request.content.tell())
+        timing = Timing(request.arrived, request.content.tell())
         try:
             status, error = await self._forward(request, config, timing)
         except _Done as done:
@@ -201,7 +145,7 @@ class ProxyResource(Resource):
               status: int | None = None) -> _Done:
         return _Done(self._send_error(request, code, message, retry_after, status), code)
 
-    async def _forward(self, request: Any, config: Any, timing: "_Timing") -> tuple[int, str | None]:
+    async def _forward(self, request: Any, config: Any, timing: "Timing") -> tuple[int, str | None]:
         path = request.path
         if path == b"/v1/models" or path.startswith(discovery.MODELS_PREFIX) or (
                 path in discovery.OLLAMA_DISCOVERY
@@ -246,7 +190,7 @@ class ProxyResource(Resource):
             up.gate.release()
             rt.gate.release()
 
-    async def _discover(self, request: Any, config: Any, timing: "_Timing"
+    async def _discover(self, request: Any, config: Any, timing: "Timing"
                         ) -> tuple[int, str | None]:
         """Discovery calls: answered for the API's model at once, never queued."""
         path = request.path
@@ -309,14 +253,14 @@ class ProxyResource(Resource):
             raise
 
     async def _exchange(self, request: Any, config: Any, body: bytes | None,
-                        usage_filter: UsageChunkFilter | None, timing: "_Timing") -> tuple[int, str | None]:
+                        usage_filter: UsageChunkFilter | None, timing: "Timing") -> tuple[int, str | None]:
         """Send ``body`` (POST), or nothing (GET), and relay the answer."""
         clock = self.up.clock
         timing.sent = clock.seconds()
         d = self.up.agent.request(b"GET" if body is None else b"POST",
                                   self.up.base_url + request.path,
                                   upstream_headers(request.requestHeaders, request.request_id),
-                                  None if body is None else _BytesBody(body))
+                                  None if body is None else BytesBody(body))
         try:
             response = await d.addTimeout(config.upstream_timeout_s, clock, _timed_out)
         except TimeoutError:
@@ -375,26 +319,3 @@ class ProxyResource(Resource):
 
 
 CUT_MESSAGES = {"shutting_down": "The gateway is shutting down; the stream was cut."}
-
-
-class _Timing:
-    __slots__ = ("arrived", "queued", "admitted", "sent", "first_byte", "last_byte",
-                 "bytes_in", "bytes_out", "prompt_tokens", "completion_tokens")
-
-    def __init__(self, arrived: float, bytes_in: int) -> None:
-        self.arrived = arrived
-        self.bytes_in = bytes_in
-        self.queued: float | None = None
-        self.admitted: float | None = None
-        self.sent: float | None = None
-        self.first_byte: float | None = None
-        self.last_byte: float | None = None
-        self.bytes_out = 0
-        self.prompt_tokens: int | None = None
-        self.completion_tokens: int | None = None
-
-    @staticmethod
-    def ms(start: float | None, end: float | None) -> float | None:
-        if start is None or end is None:
-            return None
-        return (end - start) * 1000.0

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from flm.periodic import PeriodicService
+from flm.observe.periodic import PeriodicService
 from flm.store import logs
 
 log = Logger()

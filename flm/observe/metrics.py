@@ -9,147 +9,33 @@ Everything Prometheus sees lives in a private ``CollectorRegistry``, never the g
 
 from __future__ import annotations
 
-import math
-import os
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Sequence
 
-import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from flm.periodic import PeriodicService
+from flm.observe.minutes import (
+    ROW_API,
+    ROW_AT,
+    ROW_COMPLETION,
+    ROW_PROMPT,
+    ROW_RESPONSE,
+    ROW_STATUS,
+    ROW_TTFB,
+    Minute,
+    error_kind,
+    status_class,
+)
+from flm.observe.periodic import PeriodicService
+from flm.observe.prometheus import RuntimeCollector
 from flm.store import logs
 
 log = Logger()
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                    60.0, 120.0, 300.0)
-# Positions in a log row (ordered as flm.store.db.LOG_COLUMNS).
-_API, _AT, _STATUS, _TTFB, _RESPONSE, _PROMPT, _COMPLETION, _ERROR = 0, 1, 4, 6, 8, 12, 13, 15
-#: Log-row errors of a response the backend cut after its status was sent.
-BACKEND_CUTS = frozenset({"backend_disconnected", "backend_timeout"})
-
-
-def error_kind(row: Sequence[Any]) -> str | None:
-    """Why a row counts in ``error_rate``: ``status`` (>= 500), ``cut`` (the backend
-    failed after the status was sent), or None."""
-    if row[_STATUS] >= 500:
-        return "status"
-    if row[_ERROR] in BACKEND_CUTS:
-        return "cut"
-    return None
-
-
-def p95(values: Sequence[float]) -> float | None:
-    """Nearest-rank 95th percentile (a value that occurred); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-
-
-def status_class(status: int) -> str:
-    return f"{status // 100}xx"
-
-
-class Samples:
-    """Durations for a p95: kept exactly up to ``EXACT`` values, then as counts in
-    log-spaced buckets 2% wide, so a busy minute costs a few KiB, not 32 bytes a request.
-    In bucket form the p95 is its bucket's upper edge: at most 2% high, never low."""
-
-    EXACT = 512
-    _STEP = math.log(1.02)
-    __slots__ = ("values", "buckets")
-
-    def __init__(self) -> None:
-        self.values: list[float] = []
-        self.buckets: dict[int, int] | None = None
-
-    def add(self, value: float) -> None:
-        if self.buckets is None:
-            self.values.append(value)
-            if len(self.values) > self.EXACT:
-                self._fold()
-        else:
-            k = self._bucket(value)
-            self.buckets[k] = self.buckets.get(k, 0) + 1
-
-    def merge(self, other: "Samples") -> None:
-        if other.buckets is None:
-            for value in other.values:
-                self.add(value)
-            return
-        if self.buckets is None:
-            self._fold()
-        assert self.buckets is not None
-        for k, n in other.buckets.items():
-            self.buckets[k] = self.buckets.get(k, 0) + n
-
-    def p95(self) -> float | None:
-        if self.buckets is None:
-            return p95(self.values)
-        total = sum(self.buckets.values())
-        rank = max(1, math.ceil(0.95 * total))
-        seen = 0
-        for k in sorted(self.buckets):
-            seen += self.buckets[k]
-            if seen >= rank:
-                return math.exp((k + 1) * self._STEP)
-        return None  # pragma: no cover - rank <= total
-
-    def _bucket(self, value: float) -> int:
-        return math.floor(math.log(max(value, 1e-3)) / self._STEP)
-
-    def _fold(self) -> None:
-        self.buckets = {}
-        values, self.values = self.values, []
-        for value in values:
-            k = self._bucket(value)
-            self.buckets[k] = self.buckets.get(k, 0) + 1
-
-
-class Minute:
-    """One API's requests in one minute: exact counts and sums, samples for the p95s."""
-
-    __slots__ = ("count", "errors", "sum_ms", "response_ms", "ttfb_ms", "prompt",
-                 "completion")
-
-    def __init__(self) -> None:
-        self.count = self.errors = self.prompt = self.completion = 0
-        self.sum_ms = 0.0
-        self.response_ms = Samples()
-        self.ttfb_ms = Samples()
-
-    def add(self, row: Sequence[Any]) -> None:
-        self.count += 1
-        if row[_STATUS] >= 500 or row[_ERROR] in BACKEND_CUTS:
-            self.errors += 1
-        if row[_RESPONSE] is not None:
-            self.sum_ms += row[_RESPONSE]
-            self.response_ms.add(row[_RESPONSE])
-        if row[_TTFB] is not None:
-            self.ttfb_ms.add(row[_TTFB])
-        self.prompt += row[_PROMPT] or 0
-        self.completion += row[_COMPLETION] or 0
-
-    def merge(self, other: "Minute") -> None:
-        self.count += other.count
-        self.errors += other.errors
-        self.sum_ms += other.sum_ms
-        self.response_ms.merge(other.response_ms)
-        self.ttfb_ms.merge(other.ttfb_ms)
-        self.prompt += other.prompt
-        self.completion += other.completion
-
-    def row(self, api_id: int, start: int) -> list[Any]:
-        """Ordered as ``flm.store.logs.METRIC_COLUMNS``."""
-        return [api_id, start, self.count, self.errors, self.sum_ms, self.response_ms.p95(),
-                self.ttfb_ms.p95(), self.prompt, self.completion]
-
-
 class Metrics(PeriodicService):
     """Per-minute rollups and the Prometheus registry; ``observe`` is the row observer."""
 
@@ -191,10 +77,10 @@ class Metrics(PeriodicService):
 
     def observe(self, row: Sequence[Any]) -> None:
         try:
-            api_id = row[_API]
+            api_id = row[ROW_API]
             if api_id in self._deleted:
                 return
-            key = (api_id, int(row[_AT] // 60) * 60)
+            key = (api_id, int(row[ROW_AT] // 60) * 60)
             minute = self.minutes.get(key)
             if minute is None:
                 minute = self.minutes[key] = Minute()
@@ -211,7 +97,7 @@ class Metrics(PeriodicService):
                 {}, self._latency.labels(a), self._ttfb.labels(a), self._prompt.labels(a),
                 self._completion.labels(a))
         by_class, latency, ttfb, prompt, completion = children
-        cls = status_class(row[_STATUS])
+        cls = status_class(row[ROW_STATUS])
         counter = by_class.get(cls)
         if counter is None:
             counter = by_class[cls] = self._requests.labels(str(api_id), cls)
@@ -219,14 +105,14 @@ class Metrics(PeriodicService):
         kind = error_kind(row)
         if kind is not None:
             self._errors.labels(str(api_id), kind).inc()
-        if row[_RESPONSE] is not None:
-            latency.observe(row[_RESPONSE] / 1000.0)
-        if row[_TTFB] is not None:
-            ttfb.observe(row[_TTFB] / 1000.0)
-        if row[_PROMPT]:
-            prompt.inc(row[_PROMPT])
-        if row[_COMPLETION]:
-            completion.inc(row[_COMPLETION])
+        if row[ROW_RESPONSE] is not None:
+            latency.observe(row[ROW_RESPONSE] / 1000.0)
+        if row[ROW_TTFB] is not None:
+            ttfb.observe(row[ROW_TTFB] / 1000.0)
+        if row[ROW_PROMPT]:
+            prompt.inc(row[ROW_PROMPT])
+        if row[ROW_COMPLETION]:
+            completion.inc(row[ROW_COMPLETION])
 
     def forget(self, api_id: int) -> None:
         """The API was deleted: drop its series and its minutes not yet rolled up."""
@@ -303,7 +189,7 @@ class Metrics(PeriodicService):
         minutes: dict[tuple[int, int], Minute] = {}
         async for rows in logs.unrolled_rows(self._store, upto):
             for row in rows:
-                key = (row[_API], int(row[_AT] // 60) * 60)
+                key = (row[ROW_API], int(row[ROW_AT] // 60) * 60)
                 minute = minutes.get(key)
                 if minute is None:
                     minute = minutes[key] = Minute()
@@ -321,62 +207,3 @@ class Metrics(PeriodicService):
                 raise
             except Exception as e:
                 log.error("final metrics rollup failed (attempt {n}): {e}", n=attempt + 1, e=e)
-
-
-class RuntimeCollector:
-    """Gauges read live at scrape time: in flight, queues, dropped rows, refused keys, RSS."""
-
-    def __init__(self, registry: Any, logbuffer: Any) -> None:
-        self._registry = registry
-        self._logbuffer = logbuffer
-        self._process: psutil.Process | None = None
-
-    def _this_process(self) -> psutil.Process:
-        """Built at the first scrape, never before ``twistd`` forks (it would watch the parent)."""
-        if self._process is None or self._process.pid != os.getpid():
-            self._process = psutil.Process()
-        return self._process
-
-    def describe(self) -> Iterable[Any]:
-        return []  # the families vary with the running APIs; collected at scrape time
-
-    def collect(self) -> Iterator[Any]:
-        runtimes = list(getattr(self._registry, "runtimes", {}).values())
-        info = GaugeMetricFamily("flm_api_info", "Running APIs: id, name and model.",
-                                 labels=["api", "name", "model"])
-        in_flight = GaugeMetricFamily("flm_in_flight", "Requests being served.",
-                                      labels=["api"])
-        queued = GaugeMetricFamily("flm_queue_depth", "Requests waiting for the API's slot.",
-                                   labels=["api"])
-        refused = CounterMetricFamily("flm_refused_keys", "Requests refused for a bad key "
-                                      "since the API started.", labels=["api"])
-        throttled = CounterMetricFamily("flm_refused_keys_throttled", "Of the refused keys, "
-                                        "those answered 429: too many wrong keys from one "
-                                        "address.", labels=["api"])
-        for rt in runtimes:
-            a = str(rt.id)
-            info.add_metric([a, rt.config.name, rt.config.model], 1)
-            in_flight.add_metric([a], rt.in_flight)
-            queued.add_metric([a], rt.gate.waiting)
-            refused.add_metric([a], rt.refused_keys)
-            throttled.add_metric([a], getattr(rt, "throttled_keys", 0))
-        yield from (info, in_flight, queued, refused, throttled)
-        gate = getattr(getattr(self._registry, "upstream", None), "gate", None)
-        if gate is not None:
-            yield GaugeMetricFamily("flm_backend_in_use", "Requests at the backend.",
-                                    value=gate.in_use)
-            yield GaugeMetricFamily("flm_backend_queue_depth", "Requests waiting for the "
-                                    "backend.", value=gate.waiting)
-        if self._logbuffer is not None:
-            yield CounterMetricFamily("flm_log_rows_dropped", "Log rows dropped because the "
-                                      "buffer was full.", value=self._logbuffer.dropped)
-            yield GaugeMetricFamily("flm_log_rows_buffered", "Log rows waiting to be written.",
-                                    value=len(self._logbuffer.rows))
-        process = self._this_process()
-        with process.oneshot():
-            rss = process.memory_info().rss
-            cpu = process.cpu_times()
-        yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size in "
-                                "bytes.", value=rss)
-        yield CounterMetricFamily("process_cpu_seconds", "User and system CPU time spent in "
-                                  "seconds.", value=cpu.user + cpu.system)

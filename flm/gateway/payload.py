@@ -1,0 +1,72 @@
+"""What an API forwards: the routes, and the request body rewritten for the backend."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from flm.gateway.relay import UsageChunkFilter
+
+# path -> (streams unless told otherwise, takes stream_options.include_usage)
+ROUTES: dict[bytes, tuple[bool, bool]] = {
+    b"/v1/chat/completions": (False, True),
+    b"/v1/completions": (False, True),
+    b"/v1/embeddings": (False, False),
+    b"/api/chat": (True, False),
+    b"/api/generate": (True, False),
+    b"/api/embed": (False, False),
+}
+
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def rewrite(raw: bytes, model: str, streams_by_default: bool, takes_usage: bool
+            ) -> tuple[bytes, UsageChunkFilter | None]:
+    """The body to send upstream: ``model`` set, usage asked for on OpenAI streams.
+
+    Its own function so the parsed tree is gone once it returns: a queued request holds
+    only the bytes (a 13.8 MiB body parsed is several times that in objects).
+    """
+    payload = json.loads(raw, parse_constant=_reject_constant)
+    if not isinstance(payload, dict):
+        raise ValueError("the body must be a JSON object")
+    payload["model"] = model
+    usage_filter = None
+    if takes_usage and payload.get("stream", streams_by_default) is True:
+        options = payload.get("stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage") is True):
+            options = dict(options) if isinstance(options, dict) else {}
+            options["include_usage"] = True
+            payload["stream_options"] = options
+            usage_filter = UsageChunkFilter()
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(), usage_filter
+
+
+@implementer(IBodyProducer)
+class BytesBody:
+    """A body already in memory, written at once (no cooperator tick, unlike
+    ``FileBodyProducer``)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass

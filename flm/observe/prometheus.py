@@ -1,0 +1,68 @@
+"""Prometheus gauges read at scrape time: queues, in flight, dropped rows, RSS."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Iterator
+
+import psutil
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+
+class RuntimeCollector:
+    """Gauges read live at scrape time: in flight, queues, dropped rows, refused keys, RSS."""
+
+    def __init__(self, registry: Any, logbuffer: Any) -> None:
+        self._registry = registry
+        self._logbuffer = logbuffer
+        self._process: psutil.Process | None = None
+
+    def _this_process(self) -> psutil.Process:
+        """Built at the first scrape, never before ``twistd`` forks (it would watch the parent)."""
+        if self._process is None or self._process.pid != os.getpid():
+            self._process = psutil.Process()
+        return self._process
+
+    def describe(self) -> Iterable[Any]:
+        return []  # the families vary with the running APIs; collected at scrape time
+
+    def collect(self) -> Iterator[Any]:
+        runtimes = list(getattr(self._registry, "runtimes", {}).values())
+        info = GaugeMetricFamily("flm_api_info", "Running APIs: id, name and model.",
+                                 labels=["api", "name", "model"])
+        in_flight = GaugeMetricFamily("flm_in_flight", "Requests being served.",
+                                      labels=["api"])
+        queued = GaugeMetricFamily("flm_queue_depth", "Requests waiting for the API's slot.",
+                                   labels=["api"])
+        refused = CounterMetricFamily("flm_refused_keys", "Requests refused for a bad key "
+                                      "since the API started.", labels=["api"])
+        throttled = CounterMetricFamily("flm_refused_keys_throttled", "Of the refused keys, "
+                                        "those answered 429: too many wrong keys from one "
+                                        "address.", labels=["api"])
+        for rt in runtimes:
+            a = str(rt.id)
+            info.add_metric([a, rt.config.name, rt.config.model], 1)
+            in_flight.add_metric([a], rt.in_flight)
+            queued.add_metric([a], rt.gate.waiting)
+            refused.add_metric([a], rt.refused_keys)
+            throttled.add_metric([a], getattr(rt, "throttled_keys", 0))
+        yield from (info, in_flight, queued, refused, throttled)
+        gate = getattr(getattr(self._registry, "upstream", None), "gate", None)
+        if gate is not None:
+            yield GaugeMetricFamily("flm_backend_in_use", "Requests at the backend.",
+                                    value=gate.in_use)
+            yield GaugeMetricFamily("flm_backend_queue_depth", "Requests waiting for the "
+                                    "backend.", value=gate.waiting)
+        if self._logbuffer is not None:
+            yield CounterMetricFamily("flm_log_rows_dropped", "Log rows dropped because the "
+                                      "buffer was full.", value=self._logbuffer.dropped)
+            yield GaugeMetricFamily("flm_log_rows_buffered", "Log rows waiting to be written.",
+                                    value=len(self._logbuffer.rows))
+        process = self._this_process()
+        with process.oneshot():
+            rss = process.memory_info().rss
+            cpu = process.cpu_times()
+        yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size in "
+                                "bytes.", value=rss)
+        yield CounterMetricFamily("process_cpu_seconds", "User and system CPU time spent in "
+                                  "seconds.", value=cpu.user + cpu.system)

@@ -1,1 +1,0 @@
-"""The request path of a running API: early refusal, admission, upstream relay."""
