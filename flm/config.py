@@ -144,7 +144,7 @@ class Settings:
     idle_timeout_s: float = attrs.field(default=75.0, validator=_positive)
     header_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     body_timeout_s: float = attrs.field(default=60.0, validator=_positive)
-    max_connections: int = attrs.field(default=512, validator=_positive)
+    max_connections: int = attrs.field(default=4096, validator=_positive)
     request_log: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     log_flush_interval_s: float = attrs.field(default=1.0, validator=_positive)
     log_batch_rows: int = attrs.field(default=5000, validator=_positive)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from treq.client import HTTPClient
@@ -30,7 +31,14 @@ from flm.observe.logbuffer import LogBuffer
 from flm.observe.metrics import Metrics
 from flm.observe.monitor import Monitor
 from flm.observe.retention import Retention
-from flm.startup import DataDirLock, Owner, give_to, listen_now, make_data_dir
+from flm.startup import (
+    DataDirLock,
+    Owner,
+    give_to,
+    listen_now,
+    make_data_dir,
+    raise_open_files,
+)
 from flm.store import Store
 
 log = Logger()
@@ -49,7 +57,8 @@ class AdminService(Service):
         self.port: Any = None
 
     def listen(self) -> None:
-        self.port = listen_now(self._endpoint, self._site, self._description)
+        self.port = self._site.listener = listen_now(self._endpoint, self._site,
+                                                     self._description)
 
     def startService(self) -> None:
         super().startService()
@@ -70,6 +79,10 @@ def build(settings: Settings, reactor: Any, owner: Owner | None = None) -> "FLMS
     endpoint. Raises :class:`StartupError` (one line) having opened nothing else."""
     make_data_dir(settings.data_dir, owner)
     lock = DataDirLock.take(settings.data_dir)
+    # A client connection and its backend connection each, plus the rest of FLM.
+    warning = raise_open_files(2 * settings.max_connections + 1024)
+    if warning:
+        sys.stderr.write(f"flm: warning: {warning}\n")
     try:
         token = keys.load_admin_token(settings.data_dir, os.environ.get("FLM_ADMIN_TOKEN"))
         if owner is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import resource
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -135,3 +136,26 @@ def listen_now(endpoint: Any, factory: Any, description: str) -> IListeningPort:
         reason = result.value.socketError if result.check(CannotListenError) else result.value
         raise StartupError(f"admin: cannot listen on {description}: {reason}")
     return result
+
+
+def raise_open_files(needed: int) -> str | None:
+    """Raise the soft open-file limit to ``needed`` as far as the hard limit allows.
+
+    Returns a one-line warning when the hard limit is lower: the connection caps could
+    then meet "too many open files" (accept errors) before they are reached.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinite = resource.RLIM_INFINITY
+    target = needed if hard == infinite else min(needed, hard)
+    if soft != infinite and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            target = soft
+    else:
+        target = soft
+    if target != infinite and target < needed:
+        return (f"max_connections: the open-file limit is {target}, under the {needed} that "
+                "one busy API port and its backend connections can need; raise it "
+                "(systemd LimitNOFILE=, ulimit -n) or lower max_connections")
+    return None

@@ -369,27 +369,43 @@ class EdgeLimitTests(SynchronousTestCase):
         self.h.advance(IDLE_TIMEOUT + 1, step=5)
         self.assertTrue(transport.disconnecting or transport.lost)
 
-    def test_connections_over_the_cap_are_refused(self) -> None:
+    def test_at_the_cap_the_port_stops_accepting_and_resumes_below_it(self) -> None:
         for site in (self.h.api_site, self.h.admin_site):
-            opened = [self.h.connect(site) for _ in range(MAX_CONNECTIONS)]
-            self.assertIsNone(site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)))
-            # One goes away: room for one more.
+            site.listener = listener = _Listener()
+            opened = [self.h.connect(site) for _ in range(MAX_CONNECTIONS - 1)]
+            self.assertEqual(listener.calls, [])
+            opened.append(self.h.connect(site))
+            self.assertEqual(listener.calls, ["stop"])
+            # Accepted in the same reactor turn: served, never closed.
+            late = self.h.connect(site)
+            self.assertFalse(late[1].closed)
+            self.assertEqual(listener.calls, ["stop"])
+            late[1].loseConnection()
+            self.h.pump()
+            self.assertEqual(listener.calls, ["stop"])  # still at the cap
             opened[0][1].loseConnection()
             self.h.pump()
-            self.assertEqual(len(site.channels), MAX_CONNECTIONS - 1)
-            channel, transport = self.h.connect(site)
-            self.assertIsNone(site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)))
-            for _, t in opened[1:] + [(channel, transport)]:
+            self.assertEqual(listener.calls, ["stop", "start"])
+            for _, t in opened[1:]:
                 t.loseConnection()
             self.h.pump()
             self.assertEqual(site.channels, set())
+            self.assertEqual(listener.calls, ["stop", "start"])
+
+    def test_a_closed_port_is_not_resumed(self) -> None:
+        site = self.h.api_site
+        site.listener = listener = _Listener()
+        opened = [self.h.connect(site) for _ in range(MAX_CONNECTIONS)]
+        listener.connected = False  # stopListening happened while paused
+        opened[0][1].loseConnection()
+        self.h.pump()
+        self.assertEqual(listener.calls, ["stop"])
 
     def test_connection_cap_does_not_stop_service_for_the_others(self) -> None:
         """The trickling connections hit their deadline and free their places."""
         trickling = [self.h.connect(self.h.api_site) for _ in range(MAX_CONNECTIONS)]
         for channel, _ in trickling:
             channel.dataReceived(b"POST /v1/chat/completions HTTP/1.1\r\n")
-        self.assertIsNone(self.h.api_site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)))
         self.h.advance(HEADER_TIMEOUT + 3)
         self.assertEqual(self.h.api_site.channels, set())
         responses, _ = self.h.exchange(self.h.api_site, request())
@@ -516,3 +532,18 @@ class EdgeLimitTests(SynchronousTestCase):
         responses, _ = self.h.exchange(self.h.admin_site, request(
             b"GET", b"/health?q=%ff", key=None, body=b"", host=b"localhost"))
         self.assertEqual([r[0] for r in responses], [200])
+
+
+class _Listener:
+    """Stands for the listening ``tcp.Port``: records pauses and resumes."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def stopReading(self) -> None:
+        self.calls.append("stop")
+
+    def startReading(self) -> None:
+        self.calls.append("start")

@@ -135,7 +135,8 @@ class Registry(Service):
     async def _listen(self, config: ApiRecord, site: ApiSite) -> IListeningPort:
         try:
             tls = self.tls_options(config)
-            return await endpoint(self.reactor, config.host, config.port, tls).listen(site)
+            site.listener = await endpoint(self.reactor, config.host, config.port, tls).listen(site)
+            return site.listener
         except TlsProblem as e:
             raise PortInUse(config.port, e.message, e.field) from None
         except CannotListenError as e:

@@ -108,14 +108,20 @@ def _abort(transport: Any) -> None:
 
 
 class GuardedSite(Site):
-    """A site of guarded channels that tracks its connections and caps their number."""
+    """A site of guarded channels that tracks its connections and caps their number.
+
+    At the cap the listening port stops accepting (``listener.stopReading()``): further
+    clients wait in the kernel's listen backlog, as nginx's do, instead of being closed;
+    it accepts again once a connection ends. The accepts of one reactor turn can pass the
+    cap by a few: they are served, never dropped.
+    """
 
     protocol = GuardedChannel
     noisy = False
 
     def __init__(self, resource: Any, *, clock: Any, max_body: int, idle_timeout: float,
                  header_timeout: float = 10.0, body_timeout: float = 60.0,
-                 max_connections: int = 512) -> None:
+                 max_connections: int = 4096) -> None:
         super().__init__(resource, timeout=idle_timeout, reactor=clock)
         self.clock = clock
         self.max_body = max_body
@@ -123,19 +129,28 @@ class GuardedSite(Site):
         self.body_timeout_s = body_timeout
         self.max_connections = max_connections
         self.channels: set[GuardedChannel] = set()
+        #: The listening port (a ``tcp.Port``), set by whoever listens with this site.
+        self.listener: Any = None
+        self.paused = False
 
     def error_body(self, status: int, code: str, message: str) -> bytes:
         raise NotImplementedError
 
     def buildProtocol(self, addr: Any) -> Any:
-        if len(self.channels) >= self.max_connections:
-            return None  # refused: the connection is closed at once
         channel = super().buildProtocol(addr)
         self.channels.add(channel)
+        if len(self.channels) >= self.max_connections and not self.paused:
+            if self.listener is not None:
+                self.listener.stopReading()
+                self.paused = True
         lost = channel.connectionLost
 
         def connectionLost(reason: Any) -> None:
             self.channels.discard(channel)
+            if self.paused and len(self.channels) < self.max_connections:
+                self.paused = False
+                if getattr(self.listener, "connected", False):  # not closed meanwhile
+                    self.listener.startReading()
             lost(reason)
         channel.connectionLost = connectionLost
         return channel
