@@ -29,7 +29,9 @@ def models_pull(client: AdminClient, args: argparse.Namespace) -> int:
     started = client.request("POST", "/api/models/pull", body={"name": args.name}) or {}
     job = urllib.parse.quote(str(started.get("job")), safe="")
     view: TtyProgress | LineProgress = (
-        TtyProgress(sys.stdout, terminal_width()) if sys.stdout.isatty() else LineProgress(sys.stdout)
+        TtyProgress(sys.stdout, terminal_width())
+        if sys.stdout.isatty()
+        else LineProgress(sys.stdout)
     )
     state: dict[str, Any] = {"status": "running"}
     try:
