@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or ~/.local/share/flm)")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")
     parser.add_argument("--insecure", dest="insecure_url", action="store_true",
-                        help="allow a plain http:// admin URL beyond loopback (the token crosses the network unencrypted)")
+                        help="allow a plain http:// admin URL beyond loopback (the token "
+                        "crosses the network unencrypted)")
     parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
     parser.add_argument("--version", action="version", version=f"flm {__version__}")
     leaf_common = argparse.ArgumentParser(add_help=False)
