@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from flm import cli
+from flm.cli.client import AdminClient
 from tests.e2e.conftest import Gateway, free_port
 
 
@@ -78,7 +79,7 @@ def test_plain_http_beyond_loopback_is_refused_before_connecting(capsys: Any) ->
     assert code == 1
     err = capsys.readouterr().err
     assert "--insecure" in err and "https" in err, err
-    client = cli.AdminClient("http://192.0.2.1:8420", "t", "--token", 5.0, insecure=True)
+    client = AdminClient("http://192.0.2.1:8420", "t", "--token", 5.0, insecure=True)
     assert client.url == "http://192.0.2.1:8420"
 
 

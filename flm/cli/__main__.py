@@ -1,0 +1,7 @@
+"""``python -m flm.cli``."""
+
+import sys
+
+from flm.cli import main
+
+sys.exit(main())
