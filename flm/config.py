@@ -53,7 +53,7 @@ _SIZE_SETTING = attrs.Converter(_size, takes_field=True)
 
 def _number(attribute: attrs.Attribute, value: Any) -> bool:
     """A number of the setting's type (an ``int`` setting takes no fractions)."""
-    kinds = (int,) if attribute.type in (int, "int") else (int, float)
+    kinds = (int,) if attribute.type in (int, "int", "int | None") else (int, float)
     return not isinstance(value, bool) and isinstance(value, kinds)
 
 
@@ -121,8 +121,12 @@ class Settings:
     admin: str = attrs.field(default="tcp:8420:interface=127.0.0.1", validator=_endpoint)
     backend: str = attrs.field(default="http://127.0.0.1:11434", validator=_http_url)
     backend_kind: str = attrs.field(default="ollama", validator=_one_of("ollama", "openai"))
-    # 0 means "the kind's default": 1 for Ollama, 4 for OpenAI-compatible servers.
-    backend_max_concurrent: int = attrs.field(default=0, validator=_non_negative)
+    # None means "the kind's default": 1 for Ollama, 4 for OpenAI-compatible servers.
+    backend_max_concurrent: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_positive))
+    # sqlite:PATH; None: <data_dir>/flm.db. (postgresql://... is for several nodes.)
+    database: str | None = attrs.field(default=None, validator=attrs.validators.optional(
+        lambda inst, attribute, value: _database(value)))
     api_host: str = attrs.field(default="127.0.0.1", validator=_ip_address)
     first_port: int = attrs.field(default=8080, validator=_port)
     max_body_bytes: int = attrs.field(default=10 * 1024 * 1024, converter=_SIZE_SETTING,
@@ -145,7 +149,7 @@ class Settings:
     header_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     body_timeout_s: float = attrs.field(default=60.0, validator=_positive)
     max_connections: int = attrs.field(default=4096, validator=_positive)
-    request_log: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    request_log: bool = True
     log_flush_interval_s: float = attrs.field(default=1.0, validator=_positive)
     log_batch_rows: int = attrs.field(default=5000, validator=_positive)
     log_buffer_max_rows: int = attrs.field(default=50_000, validator=_positive)
@@ -161,13 +165,10 @@ class Settings:
     admin_insecure: bool = False
     # PEM certificate and private key (file paths) for API ports beyond loopback; an
     # API's own tls_cert / tls_key win. Without either, such an API must say insecure.
-    tls_cert: str | None = attrs.field(default=None, validator=attrs.validators.optional(
-        attrs.validators.instance_of(str)))
-    tls_key: str | None = attrs.field(default=None, validator=attrs.validators.optional(
-        attrs.validators.instance_of(str)))
+    tls_cert: str | None = None
+    tls_key: str | None = None
     # GET /metrics without the admin token also beyond loopback (it names every API).
-    metrics_public: bool = attrs.field(default=False,
-                                       validator=attrs.validators.instance_of(bool))
+    metrics_public: bool = False
 
     def __attrs_post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -202,7 +203,25 @@ class Settings:
 
     @property
     def db_path(self) -> Path:
-        return Path(self.data_dir) / "flm.sqlite3"
+        """The SQLite file: ``database = "sqlite:PATH"``, else ``<data_dir>/flm.db``."""
+        if self.database:
+            return Path(self.database.removeprefix("sqlite:")).expanduser()
+        return Path(self.data_dir) / DB_FILE
+
+
+#: The database's file name in the data dir; ``flm.sqlite3`` is what versions before
+#: 0.2 called it (renamed at start, see :func:`flm.startup.adopt_old_database`).
+DB_FILE = "flm.db"
+
+
+def _database(value: Any) -> None:
+    if not isinstance(value, str):
+        raise SettingsError(f"database: must be sqlite:PATH, got {value!r}")
+    if value.startswith(("postgresql://", "postgres://")):
+        raise SettingsError("database: PostgreSQL (several nodes) is not in this version "
+                            "of FLM yet; use sqlite:PATH or leave it out")
+    if not value.startswith("sqlite:") or not value.removeprefix("sqlite:"):
+        raise SettingsError(f"database: must be sqlite:PATH, got {value!r}")
 
 
 def admin_listener(description: str) -> tuple[str, str]:
@@ -223,6 +242,30 @@ def _loopback(interface: str) -> bool:
 
 
 _FIELDS = {f.name for f in attrs.fields(Settings)}
+# What a value read from TOML must be, by the field's annotation; sizes take a number or
+# a string such as "2GiB" (their converter checks them).
+_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), "a string"),
+    "str | None": ((str,), "a string"),
+    "int": ((int,), "a whole number"),
+    "int | None": ((int,), "a whole number"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+}
+
+
+def _check_type(name: str, value: Any) -> None:
+    """A TOML value of the wrong kind is one line naming the setting, never a traceback."""
+    field = attrs.fields_dict(Settings)[name]
+    if field.converter is not None and name != "admin_allowed_hosts":
+        return
+    if name == "admin_allowed_hosts":
+        if not isinstance(value, list) or not all(isinstance(h, str) for h in value):
+            raise SettingsError(f"{name}: must be a list of host names, got {value!r}")
+        return
+    kinds, said = _KINDS[str(field.type)]
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise SettingsError(f"{name}: must be {said}, got {value!r}")
 
 
 def load_settings(cli: Mapping[str, Any], config_file: str | None = None) -> Settings:
@@ -240,6 +283,8 @@ def load_settings(cli: Mapping[str, Any], config_file: str | None = None) -> Set
     unknown = sorted(set(values) - _FIELDS)
     if unknown:
         raise SettingsError(f"{unknown[0]}: unknown setting")
+    for name, value in values.items():
+        _check_type(name, value)
     try:
         return Settings(**values)
     except SettingsError:

@@ -34,6 +34,7 @@ from flm.observe.retention import Retention
 from flm.startup import (
     DataDirLock,
     Owner,
+    adopt_old_database,
     give_to,
     listen_now,
     make_data_dir,
@@ -79,6 +80,8 @@ def build(settings: Settings, reactor: Any, owner: Owner | None = None) -> "FLMS
     endpoint. Raises :class:`StartupError` (one line) having opened nothing else."""
     make_data_dir(settings.data_dir, owner)
     lock = DataDirLock.take(settings.data_dir)
+    if settings.database is None:
+        adopt_old_database(settings.data_dir, settings.db_path)
     # A client connection and its backend connection each, plus the rest of FLM.
     warning = raise_open_files(2 * settings.max_connections + 1024)
     if warning:

@@ -23,7 +23,9 @@ from twisted.python.failure import Failure
 
 LOCK_FILE = "flm.lock"
 # Files FLM keeps in its data dir; handed to the user twistd switches to.
-OWNED_FILES = ("admin-token", LOCK_FILE, "flm.sqlite3", "flm.sqlite3-wal", "flm.sqlite3-shm")
+OWNED_FILES = ("admin-token", LOCK_FILE, "flm.db", "flm.db-wal", "flm.db-shm")
+#: What FLM before 0.2 called its database in the data dir.
+OLD_DB_FILE = "flm.sqlite3"
 
 
 class StartupError(Exception):
@@ -159,3 +161,15 @@ def raise_open_files(needed: int) -> str | None:
                 "one busy API port and its backend connections can need; raise it "
                 "(systemd LimitNOFILE=, ulimit -n) or lower max_connections")
     return None
+
+
+def adopt_old_database(data_dir: str, db_path: Path) -> None:
+    """Rename ``flm.sqlite3`` (and its WAL files) to the default ``flm.db``, once, under the
+    data dir lock: a data dir of an earlier FLM keeps its APIs, keys and logs."""
+    old = Path(data_dir) / OLD_DB_FILE
+    if db_path.exists() or not old.exists() or db_path.parent != old.parent:
+        return
+    for suffix in ("-wal", "-shm", ""):  # the database file last: it is what we test for
+        source = old.with_name(old.name + suffix)
+        if source.exists():
+            source.rename(db_path.with_name(db_path.name + suffix))

@@ -71,7 +71,7 @@ def test_defaults() -> None:
     assert s.backend == "http://127.0.0.1:11434"
     assert s.backend_kind == "ollama"
     assert s.max_body_bytes == 10 * 1024 * 1024
-    assert s.db_path == Path(DATA) / "flm.sqlite3"
+    assert s.db_path == Path(DATA) / "flm.db"
 
 
 def test_max_queued_bytes(tmp_path: Path) -> None:
@@ -125,8 +125,34 @@ def test_cli_none_means_not_given(tmp_path: Path) -> None:
 
 
 def test_cli_zero_is_a_value_not_absence(tmp_path: Path) -> None:
-    s = load(tmp_path, "backend_max_concurrent = 5\n", backend_max_concurrent=0)
-    assert s.backend_max_concurrent == 0
+    """The command line's 0 is taken (and refused), not mistaken for "not given"."""
+    with pytest.raises(SettingsError, match="^backend_max_concurrent: must be a positive"):
+        load(tmp_path, "backend_max_concurrent = 5\n", backend_max_concurrent=0)
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("admin_allowed_hosts = [1]", "admin_allowed_hosts: must be a list of host names, got [1]"),
+    ('admin_allowed_hosts = "x"', "admin_allowed_hosts: must be a list of host names, got 'x'"),
+    ("backend = 5", "backend: must be a string, got 5"),
+    ('request_log = "yes"', "request_log: must be true or false, got 'yes'"),
+    ('metrics_public = "no"', "metrics_public: must be true or false, got 'no'"),
+    ("admin_insecure = 1", "admin_insecure: must be true or false, got 1"),
+    ("first_port = 80.5", "first_port: must be a whole number, got 80.5"),
+    ("grace_period_s = true", "grace_period_s: must be a number, got True"),
+    ('tls_cert = ["a"]', "tls_cert: must be a string, got ['a']"),
+    ("backend_max_concurrent = 0", "backend_max_concurrent: must be a positive number, got 0"),
+    ('database = "postgresql://u@h/db"', "database: PostgreSQL (several nodes) is not in this"),
+    ('database = "flm.db"', "database: must be sqlite:PATH, got 'flm.db'"),
+])
+def test_a_toml_value_of_the_wrong_kind_is_one_line(tmp_path: Path, toml: str,
+                                                    message: str) -> None:
+    with pytest.raises(SettingsError) as e:
+        load(tmp_path, toml + "\n")
+    assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+
+
+def test_database_path(tmp_path: Path) -> None:
+    assert load(tmp_path, 'database = "sqlite:/x/y.db"\n').db_path == Path("/x/y.db")
 
 
 # errors name the setting

@@ -56,7 +56,7 @@ def test_config_file_and_command_line_wins(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv, message", [
     (["--backend-kind", "vllm"], "backend_kind"),
-    (["--backend-max-concurrent", "-1"], "backend_max_concurrent: must be zero or more"),
+    (["--backend-max-concurrent", "-1"], "backend_max_concurrent: must be a positive number"),
     (["--backend-max-concurrent", "lots"], "'lots'"),  # Twisted's own message
     (["--config", "/nonexistent/flm.toml"], "config: cannot read /nonexistent/flm.toml"),
     (["--no-such-option"], "no-such-option"),
@@ -100,7 +100,7 @@ def test_make_service_builds_the_tree_store_first(tmp_path: Path) -> None:
     assert not service.running
     # The data dir exists (private) but nothing was started: no database yet.
     assert data.is_dir()
-    assert not (data / "flm.sqlite3").exists()
+    assert not (data / "flm.db").exists()
 
 
 def test_make_service_writes_the_admin_token_without_env(

@@ -30,7 +30,7 @@ FLUSH_INTERVAL = 1.0
 
 
 def db_path(gw: Gateway) -> Path:
-    return gw.data_dir / "flm.sqlite3"
+    return gw.data_dir / "flm.db"
 
 
 def query(gw: Gateway, sql: str, *args: Any) -> list[tuple[Any, ...]]:

@@ -11,7 +11,7 @@ from tests.e2e.conftest import Gateway, wait_for
 def test_a_locked_database_is_not_writable(gateway_factory: Callable[..., Gateway]) -> None:
     gw = gateway_factory(settings={"request_log": False, "health_cache_s": 0.2})
     assert gw.admin("GET", "/health").json()["database"]["writable"] is True
-    other = sqlite3.connect(gw.data_dir / "flm.sqlite3", isolation_level=None)
+    other = sqlite3.connect(gw.data_dir / "flm.db", isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
         health = wait_for(lambda: (r := gw.admin("GET", "/health")).status_code == 503 and r,

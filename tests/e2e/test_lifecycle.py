@@ -60,8 +60,8 @@ def test_keys_never_stored_or_logged(fresh_gateway: Gateway) -> None:
                     5, "the log rows to be flushed")
     assert gw.stop() in CLEAN_EXIT
 
-    files = sorted(p for p in gw.data_dir.iterdir() if p.name.startswith("flm.sqlite3"))
-    assert gw.data_dir / "flm.sqlite3" in files, sorted(gw.data_dir.iterdir())
+    files = sorted(p for p in gw.data_dir.iterdir() if p.name.startswith("flm.db"))
+    assert gw.data_dir / "flm.db" in files, sorted(gw.data_dir.iterdir())
     for key in (api["key"], new_key):
         secret = key.encode()
         tail = key[len(api["key_prefix"]):].encode() if key.startswith(api["key_prefix"]) else secret

@@ -158,7 +158,7 @@ def _store_running_api(tmp: Path, fake: FakeProcess) -> tuple[Path, dict]:
 
 
 def _api_status(data_dir: Path, api_id: int) -> str:
-    with sqlite3.connect(data_dir / "flm.sqlite3") as db:
+    with sqlite3.connect(data_dir / "flm.db") as db:
         return db.execute("SELECT status FROM apis WHERE id = ?", (api_id,)).fetchone()[0]
 
 
@@ -290,7 +290,7 @@ def test_uid_gid_can_open_the_database(fake: FakeProcess) -> None:
             assert health["database"]["writable"] is True, health
             assert token_file.stat().st_uid == 65534  # so `flm` run as nobody can read it
             assert data_dir.stat().st_uid == 65534
-            assert (data_dir / "flm.sqlite3").stat().st_uid == 65534
+            assert (data_dir / "flm.db").stat().st_uid == 65534
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(15)

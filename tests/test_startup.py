@@ -1,0 +1,32 @@
+"""Start-up's own steps that need no process: adopting an earlier FLM's database file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flm.config import Settings
+from flm.startup import adopt_old_database
+
+
+def test_an_earlier_database_file_is_renamed_with_its_wal(tmp_path: Path) -> None:
+    for name in ("flm.sqlite3", "flm.sqlite3-wal", "flm.sqlite3-shm"):
+        (tmp_path / name).write_text(name)
+    settings = Settings(data_dir=str(tmp_path))
+    adopt_old_database(str(tmp_path), settings.db_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flm.db", "flm.db-shm", "flm.db-wal"]
+    assert (tmp_path / "flm.db-wal").read_text() == "flm.sqlite3-wal"
+
+
+def test_a_present_database_is_never_replaced(tmp_path: Path) -> None:
+    (tmp_path / "flm.sqlite3").write_text("old")
+    (tmp_path / "flm.db").write_text("new")
+    adopt_old_database(str(tmp_path), tmp_path / "flm.db")
+    assert (tmp_path / "flm.db").read_text() == "new"
+    assert (tmp_path / "flm.sqlite3").read_text() == "old"
+
+
+def test_a_database_elsewhere_leaves_the_data_dir_alone(tmp_path: Path) -> None:
+    (tmp_path / "flm.sqlite3").write_text("old")
+    elsewhere = tmp_path / "other" / "x.db"
+    adopt_old_database(str(tmp_path), elsewhere)
+    assert (tmp_path / "flm.sqlite3").exists() and not elsewhere.exists()
