@@ -1,4 +1,7 @@
-"""Process and HTTP plumbing shared by the benchmark scripts (stdlib + psutil only).
+"""Process and HTTP plumbing of the benchmark scripts (stdlib + psutil only).
+
+Starting, calling and stopping ``twistd -n flm`` is ``tests/flmproc.py``, shared with
+the end-to-end tests; the fake model server is ``tests/fakes/fast.py``.
 
 Every process started here is a ``Child``; a script's ``Run`` stops them on the way out.
 All traffic goes to 127.0.0.1.
@@ -6,13 +9,9 @@ All traffic goes to 127.0.0.1.
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,9 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from tests import flmproc
+
+REPO = flmproc.REPO
 PY = sys.executable
-HOST = "127.0.0.1"
+HOST = flmproc.HOST
 
 
 class BenchError(Exception):
@@ -71,38 +72,15 @@ class Child:
     def stop(self, timeout: float = 15.0) -> float:
         """SIGTERM, wait, SIGKILL if needed; return the seconds the stop took."""
         t0 = time.perf_counter()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        flmproc.stop_process(self.proc, timeout)
         self._fh.close()
         self.returncode = self.proc.returncode
         return time.perf_counter() - t0
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free loopback ports (held open until all are picked)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def port_accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+free_ports = flmproc.free_ports
+port_accepts = flmproc.port_open
+call = flmproc.call
 
 
 def _start_listener(name: str, argv: list[str], logdir: Path) -> tuple[Child, int]:
@@ -115,32 +93,12 @@ def _start_listener(name: str, argv: list[str], logdir: Path) -> tuple[Child, in
 
 
 def start_backend(logdir: Path) -> tuple[Child, int]:
-    return _start_listener("backend", [PY, "-m", "bench.backend", "--port", "0"], logdir)
+    return _start_listener("backend", [PY, "-m", "tests.fakes.fast", "--port", "0"], logdir)
 
 
 def start_bare_proxy(logdir: Path, backend_port: int) -> tuple[Child, int]:
     return _start_listener("bare_proxy", [PY, "-m", "bench.bare_proxy", "--port", "0",
                                           "--backend", f"http://{HOST}:{backend_port}"], logdir)
-
-
-def call(port: int, method: str, path: str, body: Any = None, token: str | None = None,
-         timeout: float = 10.0) -> tuple[int, Any]:
-    """One JSON request on a fresh connection; returns (status, decoded body or text)."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        headers = {"Content-Type": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        data = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=data, headers=headers)
-        resp = conn.getresponse()
-        raw = resp.read()
-        try:
-            return resp.status, json.loads(raw)
-        except ValueError:
-            return resp.status, raw.decode(errors="replace")
-    finally:
-        conn.close()
 
 
 class FLM:
@@ -154,11 +112,12 @@ class FLM:
         self.token = os.environ.get("FLM_BENCH_TOKEN") or secrets.token_urlsafe(24)
         self.admin_port = free_ports(1)[0]
         self.data_dir = data_dir
-        argv = [twistd(), "-n", "--pidfile=", "flm", "--data-dir", str(data_dir),
-                "--admin", f"tcp:{self.admin_port}:interface={HOST}",
-                "--backend", f"http://{HOST}:{backend_port}", "--backend-kind", "openai", *(extra or [])]
+        twistd()  # a clear BenchError when there is none
+        argv = flmproc.flm_command(data_dir, self.admin_port, f"http://{HOST}:{backend_port}",
+                                   args=["--backend-kind", "openai", *(extra or [])])
         self.argv = argv
-        self.child = Child(name, argv, logdir, env={"FLM_ADMIN_TOKEN": self.token}, cwd=data_dir)
+        self.child = Child(name, argv, logdir, env=flmproc.flm_env(self.token, clean=False),
+                           cwd=data_dir)
 
     @property
     def pid(self) -> int:

@@ -43,6 +43,8 @@ class FakeOllama(Resource):
         self.pulls: list[Any] = []
         self.deleted: list[str] = []
         self.down = False
+        self.hold_deletes = False
+        self.held: list[Any] = []
 
     def render(self, request: Any) -> Any:
         raw = request.content.read()
@@ -58,6 +60,11 @@ class FakeOllama(Resource):
         if body.get("model") not in self.names:
             request.setResponseCode(404)
             return json.dumps({"error": f"model '{body.get('model')}' not found"}).encode()
+        if request.path == b"/api/delete" and self.hold_deletes:
+            lost: list[Any] = []
+            request.notifyFinish().addErrback(lost.append)
+            self.held.append((request, body["model"], lost))
+            return NOT_DONE_YET
         if request.path == b"/api/delete":
             self.names.remove(body["model"])
             self.deleted.append(body["model"])
@@ -236,6 +243,26 @@ class AdminTests(AdminCase):
         assert code == 404 and body["error"]["code"] == "not_found"
         assert self.call("DELETE", "..%2Fetc")[0] == 404
 
+    def test_a_delete_whose_client_hangs_up_still_deletes_and_expires_the_cache(self) -> None:
+        self.call("GET", "")  # the cache holds both models
+        self.fake.hold_deletes = True
+        d = self.client.delete(self.base + "llama3.2:latest")
+        self.flush()
+        self.assertEqual(len(self.fake.held), 1)  # the backend is deleting
+        d.cancel()  # the admin client hangs up
+        self.flush()
+        self.failureResultOf(d)
+        request, name, lost = self.fake.held.pop()
+        self.assertEqual(lost, [], "the delete at the backend was cut short")
+        self.fake.names.remove(name)
+        self.fake.deleted.append(name)
+        request.finish()
+        self.flush()
+        self.assertEqual(self.fake.deleted, ["llama3.2:latest"])
+        # the delete went on to its end: the cached list no longer has the model
+        self.assertEqual([m["name"] for m in self.call("GET", "")[2]["models"]],
+                         ["hf.co/user/repo:Q4_K_M"])
+
     def test_delete_in_use(self) -> None:
         self.busy.add("llama3.2:latest")
         code, _, body = self.call("DELETE", "llama3.2:latest")
@@ -313,17 +340,6 @@ class MountedTests(AdminTests):
         assert events.states()[-1]["status"] == "error"
         assert "stopping" in events.states()[-1]["error"]
         assert events.ended is not None
-
-
-def test_shielded_delete_survives_client_cancel() -> None:
-    from flm.admin.models import _shielded
-
-    inner: Deferred[str] = Deferred()
-    outer = _shielded(inner)
-    outer.addErrback(lambda f: None)
-    outer.cancel()
-    assert not inner.called
-    inner.callback("deleted")
 
 
 LOOPBACK_SERVER = '''

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from flm.observe.health import BackendProbe, DatabaseCheck
 from flm.store import Store
@@ -21,8 +22,14 @@ class Answer(Resource):
     def __init__(self, code: int) -> None:
         super().__init__()
         self.code = code
+        self.asked = 0
+        self.down = False
 
-    def render(self, request: Any) -> bytes:
+    def render(self, request: Any) -> Any:
+        self.asked += 1
+        if self.down:
+            request.transport.abortConnection()
+            return NOT_DONE_YET
         request.setResponseCode(self.code)
         return b"{}"
 
@@ -38,6 +45,21 @@ class ProbeTests(TestCase):
     def test_a_404_is_not(self) -> None:
         """A wrong base URL (``/v1/v1/models``) answers 404: the backend is not usable."""
         self.assertFalse(self.probe(404))
+
+    def test_an_answer_is_kept_for_cache_s_then_asked_again(self) -> None:
+        backend, clock = Answer(200), Clock()
+        probe = BackendProbe(StubTreq(backend), "http://backend/api/version", clock, cache_s=2.0)
+
+        def ask() -> bool:
+            return self.successResultOf(Deferred.fromCoroutine(probe.reachable()))
+        self.assertTrue(ask())
+        backend.down = True
+        clock.advance(1.9)
+        self.assertTrue(ask())  # cached: the backend was not asked
+        self.assertEqual(backend.asked, 1)
+        clock.advance(0.2)
+        self.assertFalse(ask())  # a connection cut short is "not reachable", no error
+        self.assertEqual(backend.asked, 2)
 
 
 class DatabaseCheckTests(TestCase):

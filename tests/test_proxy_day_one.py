@@ -2,7 +2,7 @@
 refusal order and queued memory, mid-stream failures, Ollama discovery, forwarded headers.
 
 Same in-memory harness as ``tests/test_proxy.py``: raw bytes into the real ``ApiSite``,
-a fake upstream agent, a ``task.Clock``.
+a real Agent to a scripted model server, a ``task.Clock``.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class CrlfStreamTests(ProxyTestCase):
     def test_crlf_stream_reaches_the_client_before_it_ends_without_usage(self) -> None:
         events = reframe(SSE_CHUNKS, b"\r\n")
         protocol, transport = self.send(http("POST", "/v1/chat/completions", STREAM))
-        upstream = self.agent.calls[0].respond(
+        upstream = self.backend.calls[0].respond(
             200, [events[0]], headers={b"content-type": b"text/event-stream"}, end=False)
         self.assertIn(b"Hel", transport.value())  # the first token, before the end
         for e in events[1:]:
@@ -94,7 +94,7 @@ class WrongKeyTests(ProxyTestCase):
         for _ in range(25):
             self.request(http("POST", "/v1/chat/completions", CHAT, key="flm-guess"))
         self.request(http("POST", "/v1/chat/completions", CHAT))
-        self.assertEqual(len(self.agent.calls), 1)
+        self.assertEqual(len(self.backend.calls), 1)
         wrong = self.request(http("POST", "/v1/chat/completions", CHAT, key="flm-guess"))
         self.assert_error(wrong, 429, "rate_limited")
         self.assertGreaterEqual(int(wrong.header(b"retry-after")), 1)
@@ -119,7 +119,7 @@ class WrongKeyTests(ProxyTestCase):
             return config
         self.runtime.load_config = load  # type: ignore[method-assign]
         self.request(http("POST", "/v1/chat/completions", CHAT))
-        self.assertEqual(len(self.agent.calls), 1)
+        self.assertEqual(len(self.backend.calls), 1)
 
     def test_wrong_keys_and_throttled_ones_are_counted_in_metrics(self) -> None:
         for _ in range(25):
@@ -152,11 +152,11 @@ class ReasonPhraseTests(ProxyTestCase):
         self.send(http("POST", "/v1/chat/completions", CHAT))
         self.assert_phrase(self.request(http("POST", "/v1/chat/completions", CHAT)), 429)
         self.clock.advance(10.1)
-        self.agent.calls[0].respond(200, b"{}")
+        self.backend.calls[0].respond(200, b"{}")
 
     def test_backend_statuses_get_standard_phrases(self) -> None:
         for code in (429, 503, 422):
-            self.agent.calls.clear()
+            self.backend.calls.clear()
             response = self.request(http("POST", "/v1/chat/completions", CHAT),
                                     (code, b'{"error": "busy"}'))
             self.assert_phrase(response, code)
@@ -219,10 +219,10 @@ class QueuedMemoryTests(ProxyTestCase):
         request = protocol.requests[-1]
         self.assertEqual(request.content.getvalue(), b"")
         self.assertGreater(self.upstream.queued.used, 0.8 * len(EMBED))
-        self.agent.calls[0].respond(200, b"{}")
-        self.assertEqual(json.loads(self.agent.calls[1].body)["input"][-1], "w39999")
+        self.backend.calls[0].respond(200, b"{}")
+        self.assertEqual(json.loads(self.backend.calls[1].body)["input"][-1], "w39999")
         self.assertEqual(self.row(-1)["bytes_in"], 2)
-        self.agent.calls[1].respond(200, b"{}")
+        self.backend.calls[1].respond(200, b"{}")
         self.assertEqual(self.row()["bytes_in"], len(EMBED))
         self.assertEqual(self.upstream.queued.used, 0)
 
@@ -244,18 +244,18 @@ class QueuedBytesTests(ProxyTestCase):
         self.assert_error(response, 503, "queue_full")
         self.assertEqual(response.header(b"retry-after"), b"1")
         self.assertEqual(self.runtime.gate.waiting, 2)
-        self.agent.calls[0].respond(200, b"{}")   # one leaves the queue
+        self.backend.calls[0].respond(200, b"{}")   # one leaves the queue
         self.assertLess(self.upstream.queued.used, 2000)
         self.send(http("POST", "/v1/embeddings", body))
         self.assertEqual(self.runtime.gate.waiting, 2)
         for i in range(1, 4):   # let every request finish: nothing left for gc
-            self.agent.calls[i].respond(200, b"{}")
+            self.backend.calls[i].respond(200, b"{}")
         self.assertEqual(self.upstream.queued.used, 0)
 
     def test_a_request_that_does_not_wait_is_not_counted(self) -> None:
         big = json.dumps({"input": "x" * 3500}).encode()
         self.send(http("POST", "/v1/embeddings", big))
-        self.assertEqual(len(self.agent.calls), 1)
+        self.assertEqual(len(self.backend.calls), 1)
         self.assertEqual(self.upstream.queued.used, 0)
 
     def test_leaving_the_queue_gives_the_bytes_back(self) -> None:
@@ -305,7 +305,7 @@ class MidStreamRowTests(ProxyTestCase):
         from twisted.python.failure import Failure
         from twisted.web.client import ResponseFailed
         protocol, transport = self.send(http("POST", "/v1/chat/completions", STREAM))
-        upstream = self.agent.calls[0].respond(
+        upstream = self.backend.calls[0].respond(
             200, [SSE_CHUNKS[0]], headers={b"content-type": b"text/event-stream"}, end=False)
         upstream.end(Failure(ResponseFailed([Failure(ConnectionLost())])))
         self.assertEqual((self.row()["status"], self.row()["error"]),
@@ -367,7 +367,7 @@ class DiscoveryTests(ProxyTestCase):
 
     def test_api_version_is_the_backend_s(self) -> None:
         self.send(http("GET", "/api/version"))
-        call = self.agent.calls[0]
+        call = self.backend.calls[0]
         self.assertEqual((call.method, call.uri), (b"GET", b"http://backend:11434/api/version"))
         call.respond(200, b'{"version":"0.6.0"}')
         self.assertEqual(Response(self.send_and_value()).json, {"version": "0.6.0"})
@@ -388,7 +388,7 @@ class ForwardedHeaderTests(ProxyTestCase):
         self.request(http("POST", "/v1/chat/completions", CHAT, key=None,
                           headers={"Authorization": f"Bearer {KEY}", "api-key": KEY,
                                    "X-Api-Key": KEY}))
-        sent = self.agent.calls[0].headers
+        sent = self.backend.calls[0].headers
         self.assertIsNone(sent.getRawHeaders(b"api-key"))
         self.assertIsNone(sent.getRawHeaders(b"x-api-key"))
         self.assertNotIn(KEY.encode(), b"".join(v for _, vs in sent.getAllRawHeaders()
@@ -398,9 +398,9 @@ class ForwardedHeaderTests(ProxyTestCase):
         for given, kept in (("a" * 128, True), ("a" * 129, False),
                             ("req_01HZX-9f.2:ab/c+d=", True), ("a<script>", False),
                             ('a"b', False), ("a;b", False), ("a,b", False)):
-            self.agent.calls.clear()
+            self.backend.calls.clear()
             self.request(http("POST", "/v1/chat/completions", CHAT,
                               headers={"X-Request-Id": given}), (200, b"{}"))
-            sent = self.agent.calls[0].headers.getRawHeaders(b"x-request-id")[0]
+            sent = self.backend.calls[0].headers.getRawHeaders(b"x-request-id")[0]
             self.assertEqual(sent == given.encode(), kept, given)
             self.assertEqual(Response(self.send_and_value()).header(b"x-request-id"), sent)

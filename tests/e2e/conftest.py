@@ -1,4 +1,5 @@
-"""Real-socket fixtures: ``twistd -n flm`` as a subprocess in front of the fake backend.
+"""Real-socket fixtures: ``twistd -n flm`` as a subprocess in front of the fake backend
+(process plumbing in ``tests/flmproc.py``, shared with the benchmarks).
 
 Everything listens on 127.0.0.1 only and every wait is bounded. One gateway and one fake
 serve the whole session (each test creates its own API and resets the fake); tests that
@@ -7,13 +8,8 @@ stop or restart the service ask for ``fresh_gateway`` instead.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,38 +19,14 @@ import httpx
 import pytest
 
 from tests.fakes.backend import FakeProcess
+from tests.flmproc import (flm_command, flm_env, free_port, port_open, stop_process,
+                           wait_for, write_config)
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["Background", "Gateway", "api_url", "free_port", "port_open", "wait_for"]
+
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 DEFAULT_MODEL = "llama3.2:1b"
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (the usual small race is accepted)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class Background:
@@ -81,21 +53,6 @@ class Background:
         return self.value
 
 
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def twistd_command() -> list[str]:
-    script = Path(sys.executable).with_name("twistd")
-    if script.exists():
-        return [sys.executable, str(script)]
-    return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
-
-
 class Gateway:
     """One ``twistd -n flm`` process: start, stop, restart, and talk to its admin API."""
 
@@ -119,50 +76,37 @@ class Gateway:
         self.keys: list[str] = []
 
     def command(self) -> list[str]:
-        command = twistd_command() + [
-            "-n", "--pidfile=", "flm",
-            "--data-dir", str(self.data_dir),
-            "--admin", f"tcp:{self.admin_port}:interface=127.0.0.1",
-            "--backend", self.fake.url,
-            *self.args,
-        ]
-        if self.settings:
-            config = self.tmp / "flm.toml"
-            config.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in self.settings.items()))
-            command += ["--config", str(config)]
-        return command
+        config = write_config(self.tmp / "flm.toml", self.settings) if self.settings else None
+        return flm_command(self.data_dir, self.admin_port, self.fake.url, config=config,
+                           args=self.args)
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("FLM_", "OLLAMA_", "OPENAI_"))}
-        env["FLM_ADMIN_TOKEN"] = self.token
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
-            self.proc = subprocess.Popen(self.command(), stdout=out, stderr=err, cwd=self.tmp, env=env)
+            self.proc = subprocess.Popen(self.command(), stdout=out, stderr=err, cwd=self.tmp,
+                                         env=flm_env(self.token))
 
-        def healthy() -> bool:
+        def up() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"flm exited with {self.proc.returncode} on start:\n{self.output()[-3000:]}")
-            try:
-                self.http.get(f"{self.admin_url}/health", timeout=1)
-            except httpx.HTTPError:
-                return False
-            return True
+            return self.answers_health()
 
-        wait_for(healthy, START_TIMEOUT, "GET /health to answer", interval=0.1)
+        wait_for(up, START_TIMEOUT, "GET /health to answer", interval=0.1)
+
+    def answers_health(self) -> bool:
+        """``/health`` answers at all (a degraded 503 is an answer: FLM is up)."""
+        try:
+            self.http.get(f"{self.admin_url}/health", timeout=1)
+        except httpx.HTTPError:
+            return False
+        return True
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM and wait (SIGKILL past ``timeout``); the exit code, None if not running."""
         proc, self.proc = self.proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-                raise AssertionError(f"flm did not stop within {timeout}s of SIGTERM")
+        if not stop_process(proc, timeout):
+            raise AssertionError(f"flm did not stop within {timeout}s of SIGTERM")
         return proc.returncode
 
     def restart(self) -> None:

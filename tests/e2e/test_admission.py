@@ -6,6 +6,8 @@ backend at once across all APIs (``--backend-max-concurrent`` defaults to 1).
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from typing import Any
 
@@ -28,13 +30,43 @@ def wait_in_flight(fake: FakeProcess, n: int) -> None:
     wait_for(lambda: fake.stats()["in_flight"] >= n, 5, f"{n} request(s) at the fake")
 
 
+def system(gateway: Gateway) -> dict[str, Any]:
+    response = gateway.admin("GET", "/api/system")
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def wait_queued(gateway: Gateway, api: dict[str, Any], n: int) -> None:
+    """Until ``n`` requests wait in ``api``'s own queue."""
+    wait_for(lambda: system(gateway)["queue_depth"].get(api["name"]) == n, 10,
+             f"{n} request(s) queued for {api['name']}")
+
+
+def wait_backend_waiting(gateway: Gateway, n: int) -> None:
+    """Until ``n`` requests (of any API) wait for the backend."""
+    wait_for(lambda: system(gateway)["backend"]["waiting"] == n, 10,
+             f"{n} request(s) waiting for the backend")
+
+
+def hold_backend(api: dict[str, Any]) -> socket.socket:
+    """A request that keeps the backend busy until its socket is closed (the client hangs
+    up: FLM cancels it upstream and frees the backend)."""
+    body = json.dumps(CHAT).encode()
+    sock = socket.create_connection(("127.0.0.1", api["port"]), timeout=5)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
+                 b"X-Fake-Delay: 30\r\nContent-Length: %d\r\n\r\n%s"
+                 % (api["key"].encode(), len(body), body))
+    return sock
+
+
 def test_full_queue_is_429_with_retry_after(gateway: Gateway, fake: FakeProcess) -> None:
     api = gateway.create_api(max_concurrent=1, max_queue=1)
     slow = {"X-Fake-Delay": "0.8"}
     first = Background(lambda: chat(api, slow))
     wait_in_flight(fake, 1)
     second = Background(lambda: chat(api, slow))
-    time.sleep(0.2)  # let the second one take the only queue place
+    wait_queued(gateway, api, 1)  # the second one has the only queue place
     third = chat(api, slow)
     assert third.status_code == 429, third.text
     assert third.json()["error"]["code"] == "queue_full"
@@ -76,14 +108,18 @@ def test_higher_priority_is_served_first_when_the_backend_is_busy(gateway: Gatew
     busy = gateway.create_api()
     low = gateway.create_api(model="qwen2.5:0.5b", priority=0)
     high = gateway.create_api(model="nomic-embed-text:latest", priority=10)
-    blocker = Background(lambda: chat(busy, {"X-Fake-Delay": "0.8"}))
-    wait_in_flight(fake, 1)
-    waiting_low = Background(lambda: chat(low))
-    time.sleep(0.2)
-    waiting_high = Background(lambda: chat(high))
-    for call in (blocker, waiting_low, waiting_high):
+    blocker = hold_backend(busy)
+    try:
+        wait_in_flight(fake, 1)
+        waiting_low = Background(lambda: chat(low))
+        wait_backend_waiting(gateway, 1)  # low waits first...
+        waiting_high = Background(lambda: chat(high))
+        wait_backend_waiting(gateway, 2)  # ...then high, both before the backend frees up
+    finally:
+        blocker.close()
+    for call in (waiting_low, waiting_high):
         assert call.result().status_code == 200
-    # One at a time at the backend: the one it saw last is the one served last.
+    # One at a time at the backend: high went first although it came last.
     assert fake.stats()["max_in_flight"] == 1
     assert fake.stats()["last_by_path"]["/v1/chat/completions"]["json"]["model"] == low["model"]
 

@@ -90,6 +90,21 @@ def log_request_ids(gw: Gateway, api_id: int) -> list[str]:
                                 api_id)]
 
 
+def log_rows(gw: Gateway) -> dict[str, int]:
+    return gw.admin("GET", "/api/system").json()["log_rows"]  # type: ignore[no-any-return]
+
+
+def wait_answered(load: "Load", more: int, what: str) -> None:
+    """Until the load has had ``more`` answers beyond those it has now."""
+    start = len(load.answered)
+    wait_for(lambda: len(load.answered) >= start + more, 15, f"{more} answers {what}")
+
+
+def wait_all_rows_flushed(gw: Gateway) -> None:
+    """Until no row waits in the buffer: nothing more can reach the table after this."""
+    wait_for(lambda: log_rows(gw)["buffered"] == 0, 10, "the log buffer to be empty")
+
+
 def health(gw: Gateway) -> tuple[int, dict[str, Any]]:
     r = gw.http.get(f"{gw.admin_url}/health", timeout=10)
     return r.status_code, r.json()
@@ -104,7 +119,8 @@ def test_sigkill_under_load_loses_no_admin_change_and_at_most_the_buffer(
     apis = [gw.create_api(start=False) for _ in range(3)]
     load = Load(target, threads=4)
     try:
-        time.sleep(2.5)  # a few flushes under load
+        # a few flushes under load
+        wait_for(lambda: log_rows(gw)["written"] >= 60, 15, "60 rows written under load")
         # Admin changes, each answered, while requests flow; the kill follows the last answer.
         expected: dict[int, dict[str, Any]] = {}
         keys_now: dict[int, str] = {a["id"]: a["key"] for a in apis}
@@ -210,13 +226,13 @@ def test_locked_database_during_a_flush(gateway_factory: Callable[..., Gateway])
         wait_for(lambda: "degraded" in seen, 12, "/health to say degraded")
         status, body = health(gw)
         assert (status, body["status"], body["database"]["writable"]) == (503, "degraded", False)
-        time.sleep(1.0)
+        wait_answered(load, 10, "while the database is locked")
     finally:
         lock.execute("ROLLBACK")
         lock.close()
     try:
         wait_for(lambda: seen[-1] == "ok", 15, "/health to say ok again")
-        time.sleep(1.5)
+        wait_answered(load, 10, "once the database is free again")
     finally:
         load.stop()
         stop.set()
@@ -228,7 +244,7 @@ def test_locked_database_during_a_flush(gateway_factory: Callable[..., Gateway])
     assert len(load.answered) > 20
     sent = [rid for _, rid, _ in load.answered]
     wait_for(lambda: len(log_request_ids(gw, api["id"])) >= len(sent), 10, "every row")
-    time.sleep(FLUSH_INTERVAL * 2)
+    wait_all_rows_flushed(gw)
     rows = log_request_ids(gw, api["id"])
     assert sorted(rows) == sorted(sent), (len(rows), len(sent))  # each exactly once
     assert gw.admin("GET", "/api/system").json()["dropped_log_rows"] == 0
@@ -288,11 +304,11 @@ def test_disk_full_keeps_proxying_and_retries_the_rows(tmpfs_gateway: Gateway) -
         wait_for(lambda: "degraded" in seen, 20, "/health to say degraded")
         body = health(gw)[1]
         assert body["database"]["writable"] is False, body
-        time.sleep(1.0)
+        wait_answered(load, 10, "while the disk is full")
         answered_while_full = len(load.answered)
         os.remove(filler)
         wait_for(lambda: seen[-1] == "ok", 15, "/health to say ok once space is freed")
-        time.sleep(1.0)
+        wait_answered(load, 10, "once space is freed")
     finally:
         load.stop()
         stop.set()
@@ -307,7 +323,7 @@ def test_disk_full_keeps_proxying_and_retries_the_rows(tmpfs_gateway: Gateway) -
         raise AssertionError((len(rows), len(set(rows)), len(sent), seen,
                               gw.admin("GET", "/api/system").json()["log_rows"],
                               gw.output()[-3000:]))
-    time.sleep(FLUSH_INTERVAL * 2)
+    wait_all_rows_flushed(gw)
     rows = log_request_ids(gw, api["id"])
     assert len(rows) == len(set(rows)) == len(sent) + 1, (len(rows), len(sent))
     assert set(sent) <= set(rows)

@@ -18,16 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import (
-    DEFAULT_MODEL,
-    REPO,
-    Gateway,
-    free_port,
-    port_open,
-    twistd_command,
-    wait_for,
-)
+from tests.e2e.conftest import DEFAULT_MODEL, Gateway
 from tests.fakes.backend import FakeProcess
+from tests.flmproc import REPO, free_port, port_open, twistd_command, wait_for
 
 RUN_TIMEOUT = 30
 
