@@ -12,7 +12,6 @@ import socket
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import TestCase
@@ -75,8 +74,6 @@ class RaceTestCase(TestCase):
 
 
 class RotateAgainstDeleteTests(RaceTestCase):
-    @pytest.mark.xfail(strict=True, reason="flm/admin/apis.py rotate_key: update_api answers "
-                       "None for a deleted API and rotate_key uses it (AttributeError, a 500)")
     async def test_a_rotate_whose_api_is_deleted_meanwhile_is_a_404(self) -> None:
         api = await self.create("chat", start=True)
         before_write(self.store, "update_api", lambda: self.apis.delete("chat"))
@@ -97,8 +94,6 @@ class RotateAgainstDeleteTests(RaceTestCase):
 
 
 class StartAgainstDeleteTests(RaceTestCase):
-    @pytest.mark.xfail(strict=True, reason="flm/gateway/registry.py start: the port opened "
-                       "for an API deleted meanwhile stays open (update_api answers None)")
     async def test_a_start_whose_api_is_deleted_meanwhile_leaves_no_port_open(self) -> None:
         api = await self.create("chat", start=False)
         before_write(self.store, "update_api", lambda: self.apis.delete("chat"))

@@ -11,7 +11,7 @@ from flm.admin import validation
 from flm.admin.errors import AdminError
 from flm.admin.validation import STATUSES, invalid, validate_create, validate_update
 from flm.gateway.ports import PortInUse, bind_problem
-from flm.gateway.registry import Registry
+from flm.gateway.registry import ApiGone, Registry
 from flm.http.tls import TlsProblem
 from flm.store import ApiRecord, Conflict, Store
 
@@ -184,6 +184,8 @@ class Apis:
     async def _start(self, api: ApiRecord, raise_busy: bool = True) -> ApiRecord:
         try:
             return await self.registry.start(api)
+        except ApiGone:
+            raise _gone(api) from None
         except PortInUse as e:
             if raise_busy:
                 raise _cannot_listen(e) from None
@@ -200,8 +202,11 @@ class Apis:
     async def rotate_key(self, ref: str) -> dict[str, Any]:
         api = await self.find(ref)
         key = keys.new_key()
-        api = await self.store.update_api(api.id, {"key_hash": keys.hash_key(key),
-                                                   "key_prefix": keys.key_prefix(key)})
+        rotated = await self.store.update_api(api.id, {"key_hash": keys.hash_key(key),
+                                                       "key_prefix": keys.key_prefix(key)})
+        if rotated is None:
+            raise _gone(api)
+        api = rotated
         self.registry.changed(api)
         return {**api.public(), "key": key}
 
@@ -210,3 +215,8 @@ class Apis:
         await self.registry.stop(api.id, status=None)
         await self.store.delete_api(api.id)
         self.forget(api.id)
+
+
+def _gone(api: ApiRecord) -> AdminError:
+    """The API was deleted while this request worked on it."""
+    return AdminError(404, "not_found", f"No API with id or name {api.name[:100]!r}.")

@@ -78,6 +78,10 @@ class ApiRuntime:
         return config
 
 
+class ApiGone(LookupError):
+    """The API was deleted while the registry worked on it."""
+
+
 class ApiSource(Protocol):
     """What the registry needs of the store (the gateway never imports the store)."""
 
@@ -161,8 +165,13 @@ class Registry(Service):
         runtime.listener, runtime.site = listener, site
         self.runtimes[config.id] = runtime
         if config.status != "running" or config.status_reason:
-            config = await self.store.update_api(config.id, {"status": "running",
+            stored = await self.store.update_api(config.id, {"status": "running",
                                                              "status_reason": None})
+            if stored is None:  # deleted meanwhile: leave no port open for it
+                self.runtimes.pop(config.id, None)
+                await self._close(runtime)
+                raise ApiGone(config.id)
+            config = stored
         self.cache.put(config)
         log.info("API {name} listening on {host}:{port}", name=config.name, host=config.host,
                  port=listener.getHost().port)
