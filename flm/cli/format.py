@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+Row = Sequence[object]
 
 
 def short_time(value: object, seconds: bool = True) -> str:

@@ -5,9 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flm.cli.format import cell, describe, fields, fixed_row, human_bytes, human_duration
-from flm.cli.format import human_ms, short_time, table
-
+from flm.cli.format import (
+    cell,
+    describe,
+    fields,
+    fixed_row,
+    human_bytes,
+    human_duration,
+    human_ms,
+    short_time,
+    table,
+)
 
 _API_FIELDS = [
     ("name", "name"), ("id", "id"), ("status", "status"), ("host", "host"),
