@@ -51,6 +51,7 @@ class KeysHarness:
         self.reactor = InlineReactor()
         self.reactor.advance(t0)
         self.dir = Path(tempfile.mkdtemp(prefix="flm-test-keys-"))
+        case.addCleanup(shutil.rmtree, self.dir, True)
         self.agent = FakeAgent()
         self.rows: list[tuple[Any, ...]] = []
         self.peer = 0
