@@ -209,5 +209,7 @@ class Apis:
     async def delete(self, ref: str) -> None:
         api = await self.find(ref)
         await self.registry.stop(api.id, status=None)
-        await self.store.delete_api(api.id)
+        gone = [k.id for k in await self.store.keys_of(api.id)]
+        await self.store.delete_api(api.id)  # its keys and their usage go with it
+        self.registry.keys.forget(gone)
         self.forget(api.id)

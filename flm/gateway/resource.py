@@ -177,6 +177,7 @@ class ProxyResource(Resource):
                 request.setHeader(name, value)
             raise self._fail(request, r.code, r.message, r.retry_after) from None
         if waits and not up.queued.fits(timing.bytes_in):
+            rt.refused("queue_full")
             raise self._fail(request, "queue_full", "Too many request bytes are waiting for "
                              "the backend; retry later.", 1, status=503)
         try:
