@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from datetime import date, timedelta
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -19,6 +19,7 @@ from flm.gateway.admission import Refused
 from flm.records import KeyRecord
 
 DAY = 86400
+_NO_HEADERS: tuple[tuple[bytes, bytes], ...] = ()
 
 
 def month_span(day: int) -> tuple[int, int]:
@@ -219,12 +220,12 @@ class KeyStates:
                 raise Refused("token_rate_limited", wait, f"This key's limit of {tpm} tokens "
                               f"per minute is reached; retry in {wait} s.")
 
-    def admit(self, key: KeyRecord) -> list[tuple[bytes, bytes]]:
+    def admit(self, key: KeyRecord) -> Sequence[tuple[bytes, bytes]]:
         """The request passed :meth:`check` and every other refusal: take its request from
         the key's bucket. Returns the ``x-ratelimit-remaining-*`` headers to send."""
-        headers: list[tuple[bytes, bytes]] = []
         if key.rate_limit_rpm is None and key.tpm_limit is None:
-            return headers
+            return _NO_HEADERS
+        headers: list[tuple[bytes, bytes]] = []
         now = self._clock.seconds()
         limits = self._limits_of(key.id, now)
         if key.rate_limit_rpm is not None:
