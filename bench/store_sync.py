@@ -24,7 +24,7 @@ def row(i: float) -> tuple[object, ...]:
                   status=200, queue_ms=0.1, ttfb_ms=5.0, upstream_ms=9.0, response_ms=10.0,
                   bytes_in=100, bytes_out=200, model="m", prompt_tokens=3,
                   completion_tokens=4, request_id="r", error=None)
-    return tuple(values[c] for c in LOG_COLUMNS)
+    return tuple(values.get(c) for c in LOG_COLUMNS)
 
 
 def main() -> None:

@@ -47,3 +47,50 @@ class ApiRecord:
 
 
 API_FIELDS: tuple[str, ...] = tuple(f.name for f in attrs.fields(ApiRecord))
+
+
+@attrs.frozen
+class KeyRecord:
+    """One key of an API: its secret's hash (and, during a rotation's grace period, the
+    previous one's), expiry and limits. Times compared on the request path are epoch s."""
+
+    id: int
+    api_id: int
+    name: str
+    key_hash: str
+    prefix: str
+    old_hash: str | None
+    grace_until: float | None
+    created_at: str
+    expires_at: float | None
+    revoked_at: str | None
+    last_used_at: str | None
+    rate_limit_rpm: int | None
+    tpm_limit: int | None
+    daily_token_budget: int | None
+    monthly_token_budget: int | None
+
+    def status(self, now: float) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and now >= self.expires_at:
+            return "expired"
+        return "active"
+
+    def public(self, now: float, usage: tuple[int, int, int]) -> dict[str, Any]:
+        """The key object of the contract: never the hashes."""
+        grace = self.grace_until if self.grace_until is not None and now < self.grace_until \
+            else None
+        return {"id": self.id, "name": self.name, "prefix": self.prefix,
+                "status": self.status(now), "created_at": self.created_at,
+                "expires_at": None if self.expires_at is None else utc_iso(self.expires_at),
+                "last_used_at": self.last_used_at,
+                "grace_until": None if grace is None else utc_iso(grace),
+                "rate_limit_rpm": self.rate_limit_rpm, "tpm_limit": self.tpm_limit,
+                "daily_token_budget": self.daily_token_budget,
+                "monthly_token_budget": self.monthly_token_budget,
+                "usage": {"requests_today": usage[0], "tokens_today": usage[1],
+                          "tokens_month": usage[2]}}
+
+
+KEY_FIELDS: tuple[str, ...] = tuple(f.name for f in attrs.fields(KeyRecord))

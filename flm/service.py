@@ -31,6 +31,7 @@ from flm.observe.logbuffer import LogBuffer
 from flm.observe.metrics import Metrics
 from flm.observe.monitor import Monitor
 from flm.observe.retention import Retention
+from flm.observe.usage import UsageFlush
 from flm.startup import (
     DataDirLock,
     Owner,
@@ -168,7 +169,8 @@ class FLMService(MultiService):
         # Stopped one at a time in reverse (see stopService): the admin port closes first,
         # then API ports drain, then log rows and metric rollups are written, then the store.
         for child in (self.store, WalCheckpoints(self.store, reactor), self.metrics,
-                      self.logbuffer, PoolService(pool, admin_pool),
+                      self.logbuffer, UsageFlush(self.store, self.registry.keys, reactor),
+                      PoolService(pool, admin_pool),
                       self.registry, self.pulls, self.monitor, self.retention,
                       self.admin_service):
             child.setServiceParent(self)

@@ -563,7 +563,7 @@ class ShowUpdateTests(AdminTestCase):
     def test_delete(self) -> None:
         self.successResultOf(self.store.insert_logs(
             [(self.api["id"], 1.0, "POST", "/v1/chat/completions", 200, 0, 0, 0, 0, 1, 1, "m",
-              1, 1, "r", None)], {}))
+              1, 1, "r", None, None, None)], {}))
         status, body, _ = self.call("DELETE", "/api/apis/chat")
         self.assertEqual((status, body), (204, None))
         self.assertNotIn(self.api["id"], self.registry.runtimes)

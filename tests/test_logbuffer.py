@@ -21,7 +21,7 @@ def row(i: int, api_id: int = 1) -> tuple[Any, ...]:
                   status=200, queue_ms=0.1, ttfb_ms=5.0, upstream_ms=9.0, response_ms=10.0,
                   bytes_in=10, bytes_out=20, model="m", prompt_tokens=1, completion_tokens=2,
                   request_id=f"r{i}", error=None)
-    return tuple(values[c] for c in LOG_COLUMNS)
+    return tuple(values.get(c) for c in LOG_COLUMNS)
 
 
 class FakeStore:

@@ -36,7 +36,7 @@ def log_row(api_id: int, created_at: float, status: int = 200, **over: Any) -> t
                   upstream_ms=9.0, response_ms=10.0, bytes_in=100, bytes_out=200, model="m",
                   prompt_tokens=3, completion_tokens=4, request_id="r", error=None)
     values.update(over)
-    return tuple(values[c] for c in LOG_COLUMNS)
+    return tuple(values.get(c) for c in LOG_COLUMNS)
 
 
 def api_fields(n: int) -> dict[str, Any]:

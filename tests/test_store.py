@@ -44,7 +44,7 @@ def log_row(api_id: int, created_at: float, status: int = 200, **over: Any) -> t
                model="llama3.2", prompt_tokens=3, completion_tokens=4,
                request_id="r", error=None)
     row.update(over)
-    return tuple(row[c] for c in LOG_COLUMNS)
+    return tuple(row.get(c) for c in LOG_COLUMNS)
 
 
 class Clock:

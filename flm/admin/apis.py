@@ -9,6 +9,7 @@ import attrs
 from flm import keys
 from flm.admin import validation
 from flm.admin.errors import AdminError
+from flm.admin.keys import Keys
 from flm.admin.validation import STATUSES, invalid, validate_create, validate_update
 from flm.gateway.ports import PortInUse, bind_problem
 from flm.gateway.registry import ApiGone, Registry
@@ -52,6 +53,7 @@ class Apis:
         self.reserved_ports = reserved_ports
         # Told the id of a deleted API (the metrics drop its series).
         self.forget: Callable[[int], None] = lambda api_id: None
+        self.keys = Keys(store, registry, self.find)
 
     async def find(self, ref: str) -> ApiRecord:
         api = await self.store.get_api(ref)
@@ -199,21 +201,19 @@ class Apis:
         await self.registry.stop(api.id)
         return await self.find(str(api.id))
 
-    async def rotate_key(self, ref: str) -> dict[str, Any]:
-        api = await self.find(ref)
-        key = keys.new_key()
-        rotated = await self.store.update_api(api.id, {"key_hash": keys.hash_key(key),
-                                                       "key_prefix": keys.key_prefix(key)})
-        if rotated is None:
-            raise _gone(api)
-        api = rotated
-        self.registry.changed(api)
-        return {**api.public(), "key": key}
+    async def rotate_key(self, ref: str, grace_s: float = 0.0) -> dict[str, Any]:
+        """A new secret for the key named ``default`` (see :meth:`Keys.rotate`)."""
+        api, key = await self.keys.rotate(ref, "default", grace_s)
+        api = await self.find(str(api.id))
+        self.registry.changed(api)  # its key_prefix
+        return {**api.public(), "key": key["key"], "grace_until": key["grace_until"]}
 
     async def delete(self, ref: str) -> None:
         api = await self.find(ref)
         await self.registry.stop(api.id, status=None)
-        await self.store.delete_api(api.id)
+        gone = [k.id for k in await self.store.keys_of(api.id)]
+        await self.store.delete_api(api.id)  # its keys and their usage go with it
+        self.registry.keys.forget(gone)
         self.forget(api.id)
 
 

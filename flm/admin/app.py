@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 from flm import keys
 from flm.admin.apis import Apis
 from flm.admin.errors import AdminError, error, json_body
+from flm.admin.keys import KeysRoutes, grace_of
 from flm.admin.observe import PROMETHEUS_CONTENT_TYPE
 from flm.admin.validation import page_limit, parse_json
 from flm.http.edge import GuardedSite
@@ -184,7 +185,14 @@ class AdminApp:
     @app.route("/api/apis/<ref>/rotate-key", methods=["POST"])
     def rotate_key(self, request: Any, ref: str) -> Any:
         self._auth(request)
-        return shield(self._json(request, 200, self.apis.rotate_key(ref)))
+        body = request.content.read()
+        grace = grace_of(parse_json(body) if body.strip() else {})
+        return shield(self._json(request, 200, self.apis.rotate_key(ref, grace)))
+
+    @app.route("/api/apis/<ref>/keys", branch=True, strict_slashes=False)
+    def api_keys(self, request: Any, ref: str) -> Any:
+        self._auth(request)
+        return KeysRoutes(self.apis.keys, ref, shield).resource()
 
     @app.route("/api/models", branch=True, strict_slashes=False)
     def models(self, request: Any) -> Any:

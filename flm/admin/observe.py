@@ -14,13 +14,14 @@ from prometheus_client import exposition, generate_latest
 
 from flm.admin.errors import AdminError
 from flm.admin.validation import decode_cursor, encode_cursor, invalid, page_limit
+from flm.observe.minutes import Minute
 from flm.store import logs, utc_iso
 
 DAY = 86400.0
 # generate_latest writes the classic text format, version 0.0.4.
 PROMETHEUS_CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4",
                                   "text/plain; version=0.0.4; charset=utf-8").encode()
-_LOG_PARAMS = {b"limit", b"cursor", b"status", b"since", b"until"}
+_LOG_PARAMS = {b"limit", b"cursor", b"status", b"since", b"until", b"key"}
 
 
 # Times from 1970 to the end of year 9999: what ``utc_iso`` can print and SQLite can hold.
@@ -119,13 +120,26 @@ class Observe:
         api_id = None
         if api_ref is not None:
             api_id = await self._api_id(None if ref is not None else "api", api_ref)
+        key_ref = _arg(args, "key")
+        key_id = None if key_ref is None else await self._key_id(api_id, key_ref)
         items, next_id = await logs.logs_page(self.store, api_id, limit, before, status,
-                                              since, until)
+                                              since, until, key_id)
         return {"items": [log_item(r) for r in items],
                 "next_cursor": encode_cursor(b"l", next_id) if next_id is not None else None}
 
+    async def _key_id(self, api_id: int | None, ref: str) -> int:
+        """``?key=``: a key's name (of the API) or id."""
+        if api_id is None:
+            if not ref.isdigit() or len(ref) > 18:
+                raise invalid("key", "name a key by its id, or give ?api= too")
+            return int(ref)
+        key = await self.store.get_key(api_id, ref)
+        if key is None:
+            raise invalid("key", f"this API has no key with id or name {ref[:100]!r}")
+        return int(key.id)
+
     async def api_metrics(self, ref: str, args: dict[bytes, list[bytes]]) -> dict[str, Any]:
-        _check_params(args, {b"since", b"until"})
+        _check_params(args, {b"since", b"until", b"key"})
         since, until = _range(args)
         api_id = await self._api_id(None, ref)
         if until is None:
@@ -138,6 +152,11 @@ class Observe:
         if until <= since:
             raise invalid("until", "must be after since")
         bucket_s = logs.bucket_size(since, until)
+        key_ref = _arg(args, "key")
+        if key_ref is not None:
+            key_id = await self._key_id(api_id, key_ref)
+            return {"bucket_s": bucket_s, "since": utc_iso(since), "until": utc_iso(until),
+                    "buckets": await _key_buckets(self.store, key_id, since, until, bucket_s)}
         rows = await logs.metrics_range(self.store, api_id, since, until, bucket_s)
         merged = {r[0]: r for r in rows}
         for m in self.metrics.pending(api_id, since, until) if self.metrics else ():
@@ -192,3 +211,16 @@ def _bucket(r: list[Any]) -> dict[str, Any]:
             "avg_response_ms": sum_ms / count if count else None,
             "p95_response_ms": p95_ms, "p95_ttfb_ms": p95_ttfb,
             "prompt_tokens": prompt, "completion_tokens": completion}
+
+
+async def _key_buckets(store: Any, key_id: int, since: float, until: float,
+                       bucket_s: int) -> list[dict[str, Any]]:
+    """One key's buckets, from its log rows (rollups are per API, not per key)."""
+    buckets: dict[int, Minute] = {}
+    for row in await logs.key_rows(store, key_id, since, until):
+        start = int(row[1] // bucket_s * bucket_s)
+        bucket = buckets.get(start)
+        if bucket is None:
+            bucket = buckets[start] = Minute()
+        bucket.add(row)
+    return [_bucket(m.row(0, start)[1:]) for start, m in sorted(buckets.items())]

@@ -7,6 +7,7 @@ import json
 # code -> (HTTP status, OpenAI error type)
 ERRORS: dict[str, tuple[int, str]] = {
     "invalid_api_key": (401, "invalid_request_error"),
+    "key_expired": (401, "invalid_request_error"),
     "invalid_json": (400, "invalid_request_error"),
     "not_found": (404, "invalid_request_error"),
     "model_not_found": (404, "invalid_request_error"),
@@ -14,6 +15,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "request_too_large": (413, "invalid_request_error"),
     "queue_full": (429, "rate_limit_error"),
     "rate_limited": (429, "rate_limit_error"),
+    "token_rate_limited": (429, "rate_limit_error"),
+    "budget_exceeded": (429, "rate_limit_error"),
     "queue_timeout": (503, "server_error"),
     "api_unavailable": (503, "server_error"),
     "backend_unavailable": (502, "server_error"),
@@ -35,3 +38,4 @@ def error_body(code: str, message: str, status: int | None = None) -> tuple[int,
 
 INVALID_KEY_MESSAGE = "Invalid API key. Send 'Authorization: Bearer <key>' with this API's key."
 INVALID_KEY = error_body("invalid_api_key", INVALID_KEY_MESSAGE)
+KEY_EXPIRED = error_body("key_expired", "This API key has expired; ask for a new one.")

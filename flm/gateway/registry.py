@@ -16,12 +16,13 @@ from flm.backends.catalog import same_model
 from flm.gateway.admission import ApiGate, FailedKeyLimiter, TokenBucket
 from flm.gateway.cache import ConfigCache
 from flm.gateway.errors import error_json as openai_error
+from flm.gateway.keys import DAY, KeyRing, KeyStates, legacy_ring, month_span
 from flm.gateway.ports import PortInUse, endpoint, not_here
 from flm.gateway.request import ProxyRequest
 from flm.gateway.resource import ProxyResource, Upstream
 from flm.http.edge import GuardedSite
 from flm.http.tls import TlsProblem, needs_tls, server_options
-from flm.records import ApiRecord
+from flm.records import ApiRecord, KeyRecord
 
 log = Logger()
 
@@ -56,6 +57,10 @@ class ApiRuntime:
         self.in_flight = 0
         self.refused_keys = 0  # wrong keys (401 or 429)
         self.throttled_keys = 0  # of those, answered 429: too many from one address
+        self.refusals: dict[str, int] = {}  # requests refused, by reason (key_expired, ...)
+        # Its keys (flm.gateway.keys); until the store's are set, the config's one key.
+        self.keyring: KeyRing = legacy_ring(config)
+        self._legacy_ring = True
         self.listener: IListeningPort | None = None
         self.site: ApiSite | None = None
         self.apply(config)
@@ -63,11 +68,22 @@ class ApiRuntime:
     def apply(self, config: ApiRecord) -> None:
         """Take a changed config at once: limits, rate, model (via the cache)."""
         self.config = config
+        if self._legacy_ring:
+            self.keyring = legacy_ring(config)
         self.gate.set_limits(config.max_concurrent, config.max_queue)
         if config.rate_limit_rpm is None:
             self.bucket = None
         elif self.bucket is None or self.bucket.rpm != config.rate_limit_rpm:
             self.bucket = TokenBucket(config.rate_limit_rpm, self.registry.clock)
+
+    def set_keys(self, keys: list[KeyRecord]) -> None:
+        """Take the API's keys as stored, at once (a new ring: requests in flight keep the
+        key they were admitted with)."""
+        self.keyring = KeyRing(keys)
+        self._legacy_ring = False
+
+    def refused(self, reason: str) -> None:
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
 
     async def load_config(self) -> ApiRecord | None:
         """The cold path: the cache missed, so read the store once and cache it."""
@@ -91,6 +107,10 @@ class ApiSource(Protocol):
 
     async def update_api(self, api_id: int, fields: dict[str, Any]) -> ApiRecord | None: ...
 
+    async def keys_of(self, api_id: int) -> list[KeyRecord]: ...
+
+    async def key_usage_since(self, first_day: int) -> list[tuple[int, int, int, int]]: ...
+
 
 class Registry(Service):
     """Opens and closes API ports; restores the running ones at start-up."""
@@ -108,6 +128,7 @@ class Registry(Service):
         self.clock = upstream.clock
         self.cache = ConfigCache(cache_size)
         self.failed_keys = FailedKeyLimiter(self.clock)
+        self.keys = KeyStates(self.clock)  # every key's usage and limits
         self.runtimes: dict[int, ApiRuntime] = {}
         self.site_limits = site_limits
         self.grace_period = grace_period
@@ -119,6 +140,8 @@ class Registry(Service):
         self.ready.addErrback(lambda f: log.failure("restoring running APIs failed", f))
 
     async def _restore(self) -> None:
+        first_day, _ = month_span(int(self.clock.seconds() // DAY))
+        self.keys.load(await self.store.key_usage_since(first_day))
         for config in await self.store.apis_to_run():
             try:
                 await self.start(config)
@@ -154,6 +177,7 @@ class Registry(Service):
         if config.id in self.runtimes:
             return config
         runtime = ApiRuntime(self, config)
+        runtime.set_keys(await self.store.keys_of(config.id))
         site = ApiSite(runtime, self.upstream, **self.site_limits)
         try:
             listener = await self._listen(config, site)
@@ -229,6 +253,12 @@ class Registry(Service):
             return
         runtime.apply(config)
         self.cache.put(config)
+
+    def set_keys(self, api_id: int, keys: list[KeyRecord]) -> None:
+        """An API's keys changed in the store: a running API uses them from now on."""
+        runtime = self.runtimes.get(api_id)
+        if runtime is not None:
+            runtime.set_keys(keys)
 
     def uses_model(self, name: str) -> bool:
         return any(same_model(rt.config.model, name) for rt in self.runtimes.values())

@@ -14,15 +14,15 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from flm import keys
 from flm.backends.base import BackendError, BackendUnavailable, ModelNotFound
 from flm.gateway import discovery
 from flm.gateway.admission import BackendGate, QueuedBytes, Refused
 from flm.gateway.errors import error_body
 from flm.gateway.headers import copy_response_headers, upstream_headers
+from flm.gateway.keys import refusal_headers
 from flm.gateway.payload import ROUTES, BytesBody, rewrite
 from flm.gateway.relay import Relay, UsageChunkFilter, usage_from_tail
-from flm.gateway.request import wrong_key
+from flm.gateway.request import check_key
 from flm.gateway.timing import Timing
 
 log = Logger()
@@ -109,10 +109,10 @@ class ProxyResource(Resource):
             if config is None:
                 self._send_error(request, "api_unavailable", "This API is not running.")
                 return
-            token = keys.bearer_token(
-                request.requestHeaders.getRawHeaders(b"authorization", [b""])[0])
-            if not keys.matches(token, config.key_hash):
-                status, body, headers = wrong_key(rt, getattr(request.client, "host", ""))
+        if request.key is None:
+            request.key, refusal = check_key(rt, request)
+            if refusal is not None:
+                status, body, headers = refusal
                 for name, value in headers.items():
                     request.setHeader(name, value)
                 self._send_bytes(request, status, body)
@@ -133,13 +133,19 @@ class ProxyResource(Resource):
         if request._disconnected and error is None:
             error = "client_closed"
         error = getattr(request, "cut_reason", None) or error  # cut by a stop: shutting_down
+        key = request.key
+        if getattr(request, "key_admitted", False) and key.id:
+            # Charged when the request ends, from the backend's own usage numbers.
+            rt.registry.keys.charge(key, (timing.prompt_tokens or 0)
+                                    + (timing.completion_tokens or 0))
         self.up.record((
             config.id, request.arrived, request.method.decode("ascii", "replace"),
             request.path.decode("utf-8", "replace")[:200], status,
             timing.ms(timing.arrived, timing.admitted), timing.ms(timing.admitted, timing.first_byte),
             timing.ms(timing.admitted, timing.last_byte), (now - timing.arrived) * 1000.0,
             timing.bytes_in, timing.bytes_out, config.model, timing.prompt_tokens,
-            timing.completion_tokens, request.request_id.decode("ascii"), error))
+            timing.completion_tokens, request.request_id.decode("ascii"), error,
+            key.id or None, key.name))
 
     def _fail(self, request: Any, code: str, message: str, retry_after: int | None = None,
               status: int | None = None) -> _Done:
@@ -159,13 +165,19 @@ class ProxyResource(Resource):
             raise self._fail(request, "method_not_allowed", "Use POST for this path.")
         rt, up = self.runtime, self.up
         # The cheap refusals first: nothing of the body is parsed for a request refused.
+        key = request.key
         try:
+            rt.registry.keys.check(key)  # the key's own limits: nothing taken yet
             if rt.bucket is not None:
                 rt.bucket.take()
             waits = rt.gate.check() or up.gate.busy
         except Refused as r:
+            rt.refused(r.code)
+            for name, value in refusal_headers(r.code):
+                request.setHeader(name, value)
             raise self._fail(request, r.code, r.message, r.retry_after) from None
         if waits and not up.queued.fits(timing.bytes_in):
+            rt.refused("queue_full")
             raise self._fail(request, "queue_full", "Too many request bytes are waiting for "
                              "the backend; retry later.", 1, status=503)
         try:
@@ -174,6 +186,10 @@ class ProxyResource(Resource):
             # JSONDecodeError, huge integers, bad UTF-8, lone surrogates, NaN: all 400.
             raise self._fail(request, "invalid_json", f"Request body is not valid JSON: "
                              f"{str(e)[:200]}") from None
+        # Not refused: the request counts against its key from here on.
+        for name, value in rt.registry.keys.admit(key):
+            request.setHeader(name, value)
+        request.key_admitted = True
         # While it waits, a request holds its rewritten bytes and nothing else.
         request.content.close()
         held = len(body) if waits else 0

@@ -39,14 +39,21 @@ class RuntimeCollector:
         throttled = CounterMetricFamily("flm_refused_keys_throttled", "Of the refused keys, "
                                         "those answered 429: too many wrong keys from one "
                                         "address.", labels=["api"])
+        reasons = CounterMetricFamily("flm_refused_requests", "Requests refused since the API "
+                                      "started, by reason: invalid_api_key, key_expired, "
+                                      "rate_limited, token_rate_limited, budget_exceeded, "
+                                      "queue_full.", labels=["api", "reason"])
         for rt in runtimes:
             a = str(rt.id)
+            reasons.add_metric([a, "invalid_api_key"], rt.refused_keys)
+            for reason, n in sorted(getattr(rt, "refusals", {}).items()):
+                reasons.add_metric([a, reason], n)
             info.add_metric([a, rt.config.name, rt.config.model], 1)
             in_flight.add_metric([a], rt.in_flight)
             queued.add_metric([a], rt.gate.waiting)
             refused.add_metric([a], rt.refused_keys)
             throttled.add_metric([a], getattr(rt, "throttled_keys", 0))
-        yield from (info, in_flight, queued, refused, throttled)
+        yield from (info, in_flight, queued, refused, throttled, reasons)
         gate = getattr(getattr(self._registry, "upstream", None), "gate", None)
         if gate is not None:
             yield GaugeMetricFamily("flm_backend_in_use", "Requests at the backend.",

@@ -64,7 +64,12 @@ class ApiQueries:
                           f"({', '.join('?' * len(cols))})", [row[k] for k in cols])
             except sqlite3.IntegrityError as e:
                 raise _conflict(e) from None
-            c.execute(f"SELECT {_API_COLUMNS} FROM apis WHERE id = ?", (c.lastrowid,))
+            api_id = c.lastrowid
+            # Its first key, named 'default' (flm.store.keys).
+            c.execute("INSERT INTO api_keys (api_id, name, key_hash, prefix, created_at) "
+                      "VALUES (?, 'default', ?, ?, ?)",
+                      (api_id, row["key_hash"], row["key_prefix"], now))
+            c.execute(f"SELECT {_API_COLUMNS} FROM apis WHERE id = ?", (api_id,))
             return _record(c.fetchone())
         return await self._write("create_api", txn)
 

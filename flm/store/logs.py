@@ -33,10 +33,14 @@ def parse_status(value: str) -> tuple[int, int | None]:
 
 def _where(api_id: int | None, status: tuple[int, int | None] | None, before_id: int | None,
            since: float | None, until: float | None, lo_id: int | None = None,
-           hi_id: int | None = None) -> tuple[str, list[Any]]:
+           hi_id: int | None = None, key_id: int | None = None) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     args: list[Any] = []
-    if api_id is not None:
+    if key_id is not None:
+        # One key's rows (its API's too: key ids are global), through (key_id, id).
+        clauses.append("key_id = ?")
+        args.append(key_id)
+    elif api_id is not None:
         clauses.append("api_id = ?")
         args.append(api_id)
     if status is not None:
@@ -66,19 +70,19 @@ def _where(api_id: int | None, status: tuple[int, int | None] | None, before_id:
 
 def logs_sql(api_id: int | None, limit: int, before_id: int | None = None,
              status: tuple[int, int | None] | None = None, since: float | None = None,
-             until: float | None = None, lo_id: int | None = None, hi_id: int | None = None
-             ) -> tuple[str, list[Any]]:
+             until: float | None = None, lo_id: int | None = None, hi_id: int | None = None,
+             key_id: int | None = None) -> tuple[str, list[Any]]:
     """The statement of :func:`logs_page` (also for ``EXPLAIN QUERY PLAN``); ``lo_id``,
     ``hi_id``: the window's id bounds from :func:`flm.store.spans.bounds`."""
-    where, args = _where(api_id, status, before_id, since, until, lo_id, hi_id)
+    where, args = _where(api_id, status, before_id, since, until, lo_id, hi_id, key_id)
     return (f"SELECT {', '.join(LOG_FIELDS)} FROM request_logs{where} "
             "ORDER BY id DESC LIMIT ?", [*args, limit])
 
 
 async def logs_page(store: Any, api_id: int | None, limit: int, before_id: int | None = None,
                     status: str | tuple[int, int | None] | None = None,
-                    since: float | None = None, until: float | None = None
-                    ) -> tuple[list[dict[str, Any]], int | None]:
+                    since: float | None = None, until: float | None = None,
+                    key_id: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
     """Up to ``limit`` rows newest first, and the id to pass as ``before_id`` for the next
     page (None on the last page). ``status`` is a code or class string, or parsed."""
     if isinstance(status, str):
@@ -86,7 +90,8 @@ async def logs_page(store: Any, api_id: int | None, limit: int, before_id: int |
 
     def txn(c: Any) -> list[tuple[Any, ...]]:
         lo, hi = spans.bounds(c, since, until)
-        sql, args = logs_sql(api_id, limit + 1, before_id, status, since, until, lo, hi)
+        sql, args = logs_sql(api_id, limit + 1, before_id, status, since, until, lo, hi,
+                             key_id)
         c.execute(sql, args)
         return c.fetchall()
     rows = await store.run_read("logs_page", txn)
@@ -252,3 +257,16 @@ async def metrics_range(store: Any, api_id: int, since: float, until: float,
         c.execute(sql, args)
         return [list(r) for r in c.fetchall()]
     return await store.run_read("metrics_range", txn)
+
+
+async def key_rows(store: Any, key_id: int, since: float, until: float
+                   ) -> list[tuple[Any, ...]]:
+    """One key's log rows (``LOG_COLUMNS``) in a window, through (key_id, id): the per-key
+    metrics are computed from the logs (the rollups are per API)."""
+    def txn(c: Any) -> list[tuple[Any, ...]]:
+        lo, hi = spans.bounds(c, since, until)
+        c.execute(f"SELECT {', '.join(LOG_COLUMNS)} FROM request_logs WHERE key_id = ? "
+                  "AND id >= ? AND id < ? AND +created_at >= ? AND +created_at < ?",
+                  (key_id, lo or 0, hi if hi is not None else 2**63 - 1, since, until))
+        return c.fetchall()
+    return await store.run_read("key_log_rows", txn)

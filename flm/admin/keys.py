@@ -1,0 +1,242 @@
+"""``/api/apis/{id}/keys``: list, create, show, change, revoke and rotate an API's keys.
+
+Every change is stored, then pushed to the running API at once (``Registry.set_keys``):
+the request path never reads the store. A secret is shown once, when made.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from klein import Klein
+from klein.resource import KleinResource
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from flm import keys
+from flm.admin.errors import AdminError, error, json_body
+from flm.admin.observe import parse_time
+from flm.admin.validation import NAME, _int, _pattern, invalid, parse_json
+from flm.records import ApiRecord, KeyRecord, utc_iso
+from flm.store import Conflict
+
+log = Logger()
+
+MAX_GRACE_S = 604_800  # a week
+
+
+def _expires_at(field: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise invalid(field, "must be an ISO 8601 time such as 2030-01-01T00:00:00Z, or null")
+    return parse_time(field, value)
+
+
+LIMITS: dict[str, Callable[[str, Any], Any]] = {
+    "rate_limit_rpm": _int(1, 1_000_000, nullable=True),
+    "tpm_limit": _int(1, 10**12, nullable=True),
+    "daily_token_budget": _int(1, 10**15, nullable=True),
+    "monthly_token_budget": _int(1, 10**15, nullable=True),
+}
+FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "name": _pattern(NAME, "must start with a letter and hold 1-64 letters, digits, '.', '_' "
+                           "or '-'"),
+    "expires_at": _expires_at,
+    **LIMITS,
+}
+
+
+def validate_key(payload: dict[str, Any], create: bool) -> dict[str, Any]:
+    out = {}
+    for field, value in payload.items():
+        check = FIELDS.get(field)
+        if check is None:
+            raise AdminError(422, "unknown_field", f"{str(field)[:64]}: unknown field")
+        out[field] = check(field, value)
+    if create and "name" not in out:
+        raise invalid("name", "is required")
+    return out
+
+
+def grace_of(payload: dict[str, Any]) -> float:
+    for field in payload:
+        if field != "grace_s":
+            raise AdminError(422, "unknown_field", f"{str(field)[:64]}: unknown field")
+    grace = payload.get("grace_s", 0)
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) \
+            or not 0 <= grace <= MAX_GRACE_S:
+        raise invalid("grace_s", f"must be a number of seconds from 0 to {MAX_GRACE_S}")
+    return float(grace)
+
+
+def _taken() -> AdminError:
+    return AdminError(409, "name_taken", "name: another key of this API already has it")
+
+
+class Keys:
+    """The operations; ``apis`` finds APIs (404s), the registry gets every change."""
+
+    def __init__(self, store: Any, registry: Any, find_api: Callable[[str], Any]) -> None:
+        self.store = store
+        self.registry = registry
+        self.find_api = find_api
+
+    def _now(self) -> float:
+        return float(self.registry.clock.seconds())
+
+    def public(self, key: KeyRecord) -> dict[str, Any]:
+        return key.public(self._now(), self.registry.keys.usage(key.id))
+
+    async def find(self, api: ApiRecord, ref: str) -> KeyRecord:
+        key = await self.store.get_key(api.id, ref)
+        if key is None:
+            raise AdminError(404, "not_found", f"API {api.name!r} has no key with id or name "
+                                               f"{ref[:100]!r}.")
+        return key
+
+    async def _push(self, api_id: int) -> None:
+        self.registry.set_keys(api_id, await self.store.keys_of(api_id))
+
+    async def list(self, api_ref: str) -> dict[str, Any]:
+        api = await self.find_api(api_ref)
+        return {"items": [self.public(k) for k in await self.store.keys_of(api.id)]}
+
+    async def show(self, api_ref: str, ref: str) -> dict[str, Any]:
+        api = await self.find_api(api_ref)
+        return self.public(await self.find(api, ref))
+
+    async def create(self, api_ref: str, payload: dict[str, Any]) -> dict[str, Any]:
+        fields = validate_key(payload, create=True)
+        api = await self.find_api(api_ref)
+        secret = keys.new_key()
+        name = fields.pop("name")
+        try:
+            key = await self.store.create_key(api.id, name, keys.hash_key(secret),
+                                              keys.key_prefix(secret), **fields)
+        except Conflict:
+            raise _taken() from None
+        await self._push(api.id)
+        return {**self.public(key), "key": secret}
+
+    async def update(self, api_ref: str, ref: str, payload: dict[str, Any]) -> dict[str, Any]:
+        fields = validate_key(payload, create=False)
+        api = await self.find_api(api_ref)
+        key = await self.find(api, ref)
+        if fields:
+            try:
+                key = await self.store.update_key(key.id, fields) or key
+            except Conflict:
+                raise _taken() from None
+            await self._push(api.id)
+        return self.public(key)
+
+    async def revoke(self, api_ref: str, ref: str) -> dict[str, Any]:
+        api = await self.find_api(api_ref)
+        key = await self.find(api, ref)
+        if key.revoked_at is None:
+            key = await self.store.update_key(key.id, {
+                "revoked_at": utc_iso(self._now()), "old_hash": None,
+                "grace_until": None}) or key
+            await self._push(api.id)
+        return self.public(key)
+
+    async def rotate(self, api_ref: str, ref: str, grace_s: float
+                     ) -> tuple[ApiRecord, dict[str, Any]]:
+        """A new secret for the key; the old one works ``grace_s`` seconds more (a
+        previous rotation's old secret stops now)."""
+        api = await self.find_api(api_ref)
+        key = await self.find(api, ref)
+        if key.revoked_at is not None:
+            raise AdminError(409, "key_revoked", f"key {key.name!r} is revoked; create a "
+                                                 "new key instead")
+        secret = keys.new_key()
+        grace = {"old_hash": key.key_hash, "grace_until": self._now() + grace_s} \
+            if grace_s > 0 else {"old_hash": None, "grace_until": None}
+        key = await self.store.update_key(key.id, {
+            "key_hash": keys.hash_key(secret), "prefix": keys.key_prefix(secret),
+            **grace}) or key
+        await self._push(api.id)
+        return api, {**self.public(key), "key": secret}
+
+
+class _Mounted(KleinResource):
+    """Also answers ``/api/apis/{id}/keys`` itself (no path segment left to match ``/``)."""
+
+    def render(self, request: IRequest) -> Any:
+        if not request.postpath:  # type: ignore[attr-defined]
+            request.postpath = [b""]  # type: ignore[attr-defined]
+        return super().render(request)
+
+
+class KeysRoutes:
+    """The Klein sub-app of one API's keys (made per request: it knows the API's ref)."""
+
+    app = Klein()
+
+    def resource(self) -> KleinResource:
+        return _Mounted(self.app)
+
+    def __init__(self, ops: Keys, api_ref: str, shield: Callable[[Any], Any]) -> None:
+        self._ops = ops
+        self._api = api_ref
+        self._shield = shield
+
+    @app.handle_errors(AdminError)
+    def _admin_error(self, request: IRequest, failure: Failure) -> bytes:
+        e = failure.value
+        return error(request, e.status, e.code, e.message)
+
+    @app.handle_errors(NotFound)
+    def _not_found(self, request: IRequest, failure: Failure) -> bytes:
+        return error(request, 404, "not_found", "no such path under /api/apis/{id}/keys")
+
+    @app.handle_errors(MethodNotAllowed)
+    def _bad_method(self, request: IRequest, failure: Failure) -> bytes:
+        request.setHeader(b"allow", ", ".join(failure.value.valid_methods or []).encode())
+        return error(request, 405, "method_not_allowed", "that method is not allowed here")
+
+    @app.handle_errors(Exception)
+    def _internal(self, request: IRequest, failure: Failure) -> bytes:
+        log.failure("admin keys request failed", failure)
+        return error(request, 500, "internal_error", "Internal error; see the service log.")
+
+    async def _json(self, request: IRequest, status: int, work: Any) -> bytes:
+        return json_body(request, status, await work)
+
+    @app.route("/", methods=["GET"])
+    async def list_keys(self, request: IRequest) -> bytes:
+        return json_body(request, 200, await self._ops.list(self._api))
+
+    @app.route("/", methods=["POST"])
+    def create_key(self, request: IRequest) -> Any:
+        payload = parse_json(request.content.read())  # type: ignore[attr-defined]
+        return self._shield(self._json(request, 201, self._ops.create(self._api, payload)))
+
+    @app.route("/<ref>", methods=["GET"])
+    async def show_key(self, request: IRequest, ref: str) -> bytes:
+        return json_body(request, 200, await self._ops.show(self._api, ref))
+
+    @app.route("/<ref>", methods=["PATCH"])
+    def update_key(self, request: IRequest, ref: str) -> Any:
+        payload = parse_json(request.content.read())  # type: ignore[attr-defined]
+        return self._shield(self._json(request, 200, self._ops.update(self._api, ref, payload)))
+
+    @app.route("/<ref>", methods=["DELETE"])
+    def revoke_key(self, request: IRequest, ref: str) -> Any:
+        return self._shield(self._json(request, 200, self._ops.revoke(self._api, ref)))
+
+    @app.route("/<ref>/rotate", methods=["POST"])
+    def rotate_key(self, request: IRequest, ref: str) -> Any:
+        grace = grace_of(_optional_json(request))
+
+        async def rotate() -> dict[str, Any]:
+            return (await self._ops.rotate(self._api, ref, grace))[1]
+        return self._shield(self._json(request, 200, rotate()))
+
+
+def _optional_json(request: IRequest) -> dict[str, Any]:
+    body = request.content.read()  # type: ignore[attr-defined]
+    return parse_json(body) if body.strip() else {}
