@@ -1,6 +1,6 @@
 """A running API with its keys, socket-free: the admin app (``StubTreq``), a real store
 (inline adbapi), the registry, and the API's own ``ApiSite`` fed raw HTTP bytes; the model
-server is ``FakeAgent``; time is the reactor's clock."""
+server is ``ScriptedBackend`` (reached through FLM's real ``Agent``); time is the reactor's clock."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from flm.gateway.registry import Registry
 from flm.gateway.resource import Upstream
 from flm.observe.usage import UsageFlush
 from tests.test_admin_apis import BASE, TOKEN, FakeModels, InlineReactor, healthy, inline_store
-from tests.test_proxy import CHAT, FakeAgent, Response, http
+from tests.fakes.scripted import ScriptedBackend
+from tests.test_proxy import CHAT, Response, http
 
 # 2026-03-15T12:00:00Z: mid-day, mid-month
 T0 = 1773576000.0
@@ -52,14 +53,14 @@ class KeysHarness:
         self.reactor.advance(t0)
         self.dir = Path(tempfile.mkdtemp(prefix="flm-test-keys-"))
         case.addCleanup(shutil.rmtree, self.dir, True)
-        self.agent = FakeAgent()
+        self.backend = ScriptedBackend(self.reactor)
         self.rows: list[tuple[Any, ...]] = []
         self.peer = 0
         self._open()
 
     def _open(self) -> None:
         self.store = inline_store(self.dir / "flm.sqlite3", self.reactor)
-        upstream = Upstream(agent=self.agent, base_url=b"http://backend:11434",
+        upstream = Upstream(agent=self.backend.agent, base_url=b"http://backend:11434",
                             paths=OLLAMA_PATHS, gate=BackendGate(8, self.reactor),
                             clock=self.reactor, record=self.rows.append)
         self.registry = Registry(self.store, upstream, reactor=self.reactor, cache_size=100,
@@ -128,18 +129,19 @@ class KeysHarness:
         transport = StringTransport(peerAddress=peer,
                                     hostAddress=IPv4Address("TCP", "127.0.0.1", api["port"]))
         protocol.makeConnection(transport)
-        calls = len(self.agent.calls)
+        calls = len(self.backend.calls)
         protocol.dataReceived(http("POST", path, body, key=key))
-        if len(self.agent.calls) > calls:
-            call = self.agent.calls[-1]
+        if len(self.backend.calls) > calls:
+            call = self.backend.calls[-1]
             if stream:
                 call.respond(200, answer if answer is not None else usage_stream(1, 1),
                              headers={b"content-type": b"text/event-stream"})
             else:
                 call.respond(200, answer if answer is not None else usage_json(1, 1))
+        self.backend.flush()
         response = Response(transport.value())
         protocol.connectionLost(None)
         return response
 
     def reached_backend(self) -> int:
-        return len(self.agent.calls)
+        return len(self.backend.calls)

@@ -76,7 +76,7 @@ class RaceTestCase(TestCase):
 class RotateAgainstDeleteTests(RaceTestCase):
     async def test_a_rotate_whose_api_is_deleted_meanwhile_is_a_404(self) -> None:
         api = await self.create("chat", start=True)
-        before_write(self.store, "update_api", lambda: self.apis.delete("chat"))
+        before_write(self.store, "update_key", lambda: self.apis.delete("chat"))
         await self.assert_not_found(self.apis.rotate_key("chat"))
         self.assertIsNone(await self.store.get_api(api["id"]))
         self.assertEqual(self.registry.runtimes, {})

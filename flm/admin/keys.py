@@ -127,7 +127,7 @@ class Keys:
         key = await self.find(api, ref)
         if fields:
             try:
-                key = await self.store.update_key(key.id, fields) or key
+                key = await self._update(api_ref, key, fields)
             except Conflict:
                 raise _taken() from None
             await self._push(api.id)
@@ -137,11 +137,19 @@ class Keys:
         api = await self.find_api(api_ref)
         key = await self.find(api, ref)
         if key.revoked_at is None:
-            key = await self.store.update_key(key.id, {
-                "revoked_at": utc_iso(self._now()), "old_hash": None,
-                "grace_until": None}) or key
+            key = await self._update(api_ref, key, {
+                "revoked_at": utc_iso(self._now()), "old_hash": None, "grace_until": None})
             await self._push(api.id)
         return self.public(key)
+
+    async def _update(self, api_ref: str, key: KeyRecord, fields: dict[str, Any]) -> KeyRecord:
+        """Write ``fields``; a 404 when the key went meanwhile (with its API, or revoked
+        and deleted by another request)."""
+        updated = await self.store.update_key(key.id, fields)
+        if updated is None:
+            raise AdminError(404, "not_found", f"No API with id or name {api_ref[:100]!r}, "
+                                               f"or it has no key {key.name!r} any more.")
+        return updated
 
     async def rotate(self, api_ref: str, ref: str, grace_s: float
                      ) -> tuple[ApiRecord, dict[str, Any]]:
@@ -155,9 +163,8 @@ class Keys:
         secret = keys.new_key()
         grace = {"old_hash": key.key_hash, "grace_until": self._now() + grace_s} \
             if grace_s > 0 else {"old_hash": None, "grace_until": None}
-        key = await self.store.update_key(key.id, {
-            "key_hash": keys.hash_key(secret), "prefix": keys.key_prefix(secret),
-            **grace}) or key
+        key = await self._update(api_ref, key, {
+            "key_hash": keys.hash_key(secret), "prefix": keys.key_prefix(secret), **grace})
         await self._push(api.id)
         return api, {**self.public(key), "key": secret}
 
