@@ -1,6 +1,9 @@
 """The floor: a bare twisted.web reverse proxy (Agent + persistent pool, body relayed).
 
-No auth, no queue, no logs: what any Twisted proxy pays per request.
+No auth, no queue, no logs: what any Twisted proxy pays per request. The request body is
+sent the way FLM sends it (``flm.gateway.payload.BytesBody``: written at once in
+``startProducing``), not through ``FileBodyProducer``, whose cooperator tick delays every
+request and would flatter FLM.
 ``python -m bench.bare_proxy --backend http://127.0.0.1:P --port 0`` prints ``listening on <port>``.
 """
 
@@ -8,26 +11,51 @@ from __future__ import annotations
 
 import argparse
 import sys
-from io import BytesIO
 from typing import Any
 
 from twisted.internet import protocol
+from twisted.internet.defer import Deferred, succeed
 from twisted.web import client, resource, server
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
        b"upgrade", b"content-length", b"host"}
 
 
+@implementer(IBodyProducer)
+class BytesBody:
+    """A body in memory, written at once: as FLM's ``flm.gateway.payload.BytesBody``
+    (copied, so the floor does not depend on FLM)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
 class Relay(protocol.Protocol):
-    def __init__(self, request: server.Request) -> None:
-        self.request = request
+    def __init__(self, request: server.Request, gone: list[bool]) -> None:
+        self.request, self.gone = request, gone
 
     def dataReceived(self, data: bytes) -> None:
         self.request.write(data)
 
     def connectionLost(self, reason: Any) -> None:
-        if not self.request._disconnected:
+        if not self.gone:
             self.request.finish()
 
 
@@ -42,7 +70,8 @@ class BareProxy(resource.Resource):
         headers = Headers({k: v for k, v in request.requestHeaders.getAllRawHeaders() if k.lower() not in HOP})
         body = request.content.read()
         d = self.agent.request(request.method, self.backend + request.uri, headers,
-                               client.FileBodyProducer(BytesIO(body)) if body else None)
+                               BytesBody(body) if body else None)
+        gone: list[bool] = []  # the client hung up (public API: notifyFinish's errback)
 
         def respond(response: Any) -> None:
             request.setResponseCode(response.code)
@@ -51,15 +80,18 @@ class BareProxy(resource.Resource):
                     request.responseHeaders.setRawHeaders(k, v)
             if response.length is not client.UNKNOWN_LENGTH:
                 request.setHeader(b"content-length", b"%d" % response.length)
-            response.deliverBody(Relay(request))
+            response.deliverBody(Relay(request, gone))
 
         def fail(reason: Any) -> None:
-            if not request._disconnected:
+            if not gone:
                 request.setResponseCode(502)
                 request.finish()
 
         d.addCallbacks(respond, fail)
-        request.notifyFinish().addErrback(lambda _: d.cancel())
+        def hung_up(_: Any) -> None:
+            gone.append(True)
+            d.cancel()
+        request.notifyFinish().addErrback(hung_up)
         return server.NOT_DONE_YET
 
 

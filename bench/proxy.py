@@ -156,6 +156,18 @@ def py_spy(pid: int, port: int, script: Path, seconds: float, out: Path) -> str:
     return f"collapsed stacks in {out}"
 
 
+def issue10_checks(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """Issue 10: FLM >= 0.95 x the bare proxy's req/s at c=50, streaming and not (the bare
+    proxy sending its body as FLM does)."""
+    checks: list[tuple[str, str, bool | None]] = []
+    for mode in ("nonstream", "stream"):
+        row = results.get(mode, {}).get("50", {})
+        if "flm" in row and "bare" in row:
+            v = row["ratios"]["flm_over_bare_rps"]
+            checks.append((f"FLM/bare req/s at c=50 {mode} >= 0.95", f"{v:.3f}", v >= 0.95))
+    return checks
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="FLM proxy benchmark (direct vs bare proxy vs FLM)")
     p.add_argument("--quick", action="store_true", help="2 s runs, 1 repetition, 100 TTFB requests")
@@ -224,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         print(fmt_table(results, ttfb, targets))
         if flm is not None:
             print(f"\nFLM logging: log rows present after the runs: {log_ok} (GET /api/apis/{{id}}/logs -> {status})")
-        checks = verdict(results, ttfb)
+        checks = verdict(results, ttfb) + issue10_checks(results)
         if checks:
-            print("\nTargets (issue 3):")
+            print("\nTargets (issues 3 and 10):")
         for what, value, ok in checks:
             print(f"  [{'PASS' if ok else 'MISS'}] {what}: {value}")
         if spy_note:

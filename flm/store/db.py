@@ -31,13 +31,18 @@ LOG_COLUMNS = ("api_id", "created_at", "method", "path", "status", "queue_ms", "
                "upstream_ms", "response_ms", "bytes_in", "bytes_out", "model",
                "prompt_tokens", "completion_tokens", "request_id", "error", "key_id", "key_name")
 _ONE_ROW = f"({', '.join('?' * len(LOG_COLUMNS))})"
-# Rows per INSERT: powers of two up to 32 (512 variables: under SQLite's 999 limit of
-# old versions), so at most six statement texts exist and a batch of 500 rows takes 20.
-_CHUNKS = (32, 16, 8, 4, 2, 1)
+# Rows per INSERT: powers of two, so a few statement texts exist (sqlite3 caches each
+# prepared one: a 256-row one holds a few hundred kB) and a batch of 500 rows takes six.
+# Capped by the connection's limit on variables (999 in SQLite before 3.32).
+_CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
 
 
-def _chunk_size(left: int) -> int:
-    return next(n for n in _CHUNKS if n <= left)
+def _chunk_sizes(c: Any) -> tuple[int, ...]:
+    try:
+        limit = c.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    except AttributeError:  # a cursor of another driver, or a plain sqlite3.Connection
+        limit = getattr(c, "getlimit", lambda _: 999)(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return tuple(n for n in _CHUNKS if n * len(LOG_COLUMNS) <= limit)
 
 
 def _insert_logs_sql(n: int) -> str:
@@ -198,17 +203,23 @@ class Store(ApiQueries, KeyQueries, Service):
 
 
 def write_logs(c: Any, rows: Sequence[Sequence[Any]], last_used: dict[int, float]) -> None:
-    """The body of :meth:`Store.insert_logs`, inside its write transaction."""
-    first_id = spans.last_id(c) + 1
-    # One statement per chunk of rows, not executemany: that releases and retakes the GIL
-    # once per row, and under load each handoff stalls the reactor thread (measured: proxy
-    # throughput at c=50 fell by a quarter with logging on). Chunks of a few fixed sizes:
-    # each size is one prepared statement that sqlite3 caches (a 500-row one holds ~1 MB).
-    i = 0
+    """The body of :meth:`Store.insert_logs`, inside its write transaction.
+
+    Few statements per batch, not ``executemany``: every statement releases and retakes
+    the GIL a few times (prepare, step, reset), and under load each handoff stalls the
+    reactor thread (measured: proxy throughput at c=50 fell by a quarter with
+    ``executemany``). The rows of one transaction get consecutive ids (one writer), so
+    the first id comes from the first statement's ``lastrowid``, not from a query.
+    """
+    sizes = _chunk_sizes(c)
+    first_id = i = 0
     while i < len(rows):
-        n = _chunk_size(len(rows) - i)
+        n = next(k for k in sizes if k <= len(rows) - i)
         c.execute(_insert_logs_sql(n), [v for row in rows[i:i + n] for v in row])
+        if not i:
+            first_id = c.lastrowid - n + 1
         i += n
-    spans.note(c, first_id)
+    if rows:
+        spans.note(c, first_id)
     c.executemany("UPDATE apis SET last_used_at = ? WHERE id = ?",
                   [(utc_iso(t), api_id) for api_id, t in last_used.items()])
