@@ -39,8 +39,8 @@ def _conflict(e: sqlite3.IntegrityError) -> Exception:
     return e
 
 
-class ApiQueries:
-    """Create, find, list and change APIs (deleting them is the store's: rows follow)."""
+class Queries:
+    """What a group of queries needs of the :class:`~flm.store.db.Store` it is mixed into."""
 
     def _read(self, name: str, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         raise NotImplementedError
@@ -50,6 +50,10 @@ class ApiQueries:
 
     def now_iso(self) -> str:
         raise NotImplementedError
+
+
+class ApiQueries(Queries):
+    """Create, find, list and change APIs (deleting them is the store's: rows follow)."""
 
     async def create_api(self, fields: dict[str, Any]) -> ApiRecord:
         now = self.now_iso()

@@ -7,12 +7,11 @@ object's ``key_prefix``); the gateway reads keys only from ``api_keys``.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from twisted.internet.defer import Deferred
 
 from flm.records import KEY_FIELDS, KeyRecord
-from flm.store.apis import Conflict
+from flm.store.apis import Conflict, Queries
 
 _KEY_COLUMNS = ", ".join(KEY_FIELDS)
 
@@ -48,17 +47,8 @@ def _one(c: Any, key_id: int) -> KeyRecord | None:
     return key_record(row) if row else None
 
 
-class KeyQueries:
+class KeyQueries(Queries):
     """Create, find, list and change keys; add usage in batches; read it back at start."""
-
-    def _read(self, name: str, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        raise NotImplementedError
-
-    def _write(self, name: str, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        raise NotImplementedError
-
-    def now_iso(self) -> str:
-        raise NotImplementedError
 
     async def create_key(self, api_id: int, name: str, key_hash: str, prefix: str,
                          **limits: Any) -> KeyRecord:
