@@ -14,37 +14,13 @@ import sys
 from typing import Any
 
 from twisted.internet import protocol
-from twisted.internet.defer import Deferred, succeed
 from twisted.web import client, resource, server
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
+
+from flm.http.client import BytesBody  # the body sent as FLM sends it
 
 HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
        b"upgrade", b"content-length", b"host"}
-
-
-@implementer(IBodyProducer)
-class BytesBody:
-    """A body in memory, written at once: as FLM's ``flm.gateway.payload.BytesBody``
-    (copied, so the floor does not depend on FLM)."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class Relay(protocol.Protocol):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
-
-from twisted.internet.defer import Deferred, succeed
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
 
 from flm.gateway.relay import UsageChunkFilter
+from flm.http.client import BytesBody
+
+__all__ = ["ROUTES", "BytesBody", "rewrite"]
 
 # path -> (streams unless told otherwise, takes stream_options.include_usage)
 ROUTES: dict[bytes, tuple[bool, bool]] = {
@@ -47,26 +45,3 @@ def rewrite(raw: bytes, model: str, streams_by_default: bool, takes_usage: bool
             payload["stream_options"] = options
             usage_filter = UsageChunkFilter()
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(), usage_filter
-
-
-@implementer(IBodyProducer)
-class BytesBody:
-    """A body already in memory, written at once (no cooperator tick, unlike
-    ``FileBodyProducer``)."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass

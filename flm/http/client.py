@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-from twisted.web.iweb import IAgent, IAgentEndpointFactory
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 
@@ -69,6 +69,29 @@ def make_pool(reactor: Any, max_per_host: int, idle_timeout: float) -> HTTPConne
 def make_agent(reactor: Any, pool: HTTPConnectionPool, connect_timeout: float) -> IAgent:
     return Agent.usingEndpointFactory(reactor, CachedEndpoints(reactor, connect_timeout),
                                       pool=pool)
+
+
+@implementer(IBodyProducer)
+class BytesBody:
+    """A body already in memory, written at once (no cooperator tick, unlike
+    ``FileBodyProducer``)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class PoolService(Service):
