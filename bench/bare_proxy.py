@@ -1,7 +1,7 @@
 """The floor: a bare twisted.web reverse proxy (Agent + persistent pool, body relayed).
 
 No auth, no queue, no logs: what any Twisted proxy pays per request. The request body is
-sent the way FLM sends it (``flm.gateway.payload.BytesBody``: written at once in
+sent the way FLM sends it (``flm.http.client.BytesBody``: written at once in
 ``startProducing``), not through ``FileBodyProducer``, whose cooperator tick delays every
 request and would flatter FLM.
 ``python -m bench.bare_proxy --backend http://127.0.0.1:P --port 0`` prints ``listening on <port>``.
