@@ -358,7 +358,7 @@ class AdminMachine(RuleBasedStateMachine):
             assert ([getattr(runtime.config, f) for f in used]
                     == [getattr(record, f) for f in used]), (runtime.config, record)
             assert runtime.port == record.port
-            assert (runtime.gate._sem.limit, runtime.gate.max_queue) == (
+            assert (runtime.gate.limit, runtime.gate.max_queue) == (
                 record.max_concurrent, record.max_queue)
             assert (runtime.bucket.rpm if runtime.bucket else None) == record.rate_limit_rpm
             assert self.reactor.active[record.port] is runtime.site

@@ -17,7 +17,7 @@ from twisted.web.server import NOT_DONE_YET
 from flm import keys
 from flm.backends.base import BackendError, BackendUnavailable, ModelNotFound
 from flm.gateway import discovery
-from flm.gateway.admission import BackendGate, QueuedBytes, Refused
+from flm.gateway.admission import BackendGate, QueuedBytes, QueueTimeout, Refused, Ticket, admit
 from flm.gateway.errors import error_body
 from flm.gateway.headers import copy_response_headers, upstream_headers
 from flm.gateway.payload import ROUTES, BytesBody, rewrite
@@ -180,15 +180,14 @@ class ProxyResource(Resource):
         up.queued.take(held)
         timing.queued = up.clock.seconds()
         try:
-            await self._admit(request, config)
+            ticket = await self._admit(request, config)
         finally:
             up.queued.give(held)
         try:
             timing.admitted = up.clock.seconds()
             return await self._exchange(request, config, body, usage_filter, timing)
         finally:
-            up.gate.release()
-            rt.gate.release()
+            ticket.release()
 
     async def _discover(self, request: Any, config: Any, timing: "Timing"
                         ) -> tuple[int, str | None]:
@@ -228,29 +227,16 @@ class ProxyResource(Resource):
         timing.bytes_out = len(body)
         return self._send_bytes(request, 200, body), None
 
-    async def _admit(self, request: Any, config: Any) -> None:
+    async def _admit(self, request: Any, config: Any) -> Ticket:
         """Wait for the API's slot, then the backend's, within ``queue_timeout_s`` in all."""
-        rt, clock = self.runtime, self.up.clock
-        deadline = request.arrived + config.queue_timeout_s
         try:
-            d = rt.gate.acquire()
+            return await admit(self.runtime.gate, self.up.gate, self.up.clock,
+                               priority=config.priority,
+                               deadline=request.arrived + config.queue_timeout_s)
         except Refused as r:
             raise self._fail(request, r.code, r.message, r.retry_after) from None
-        try:
-            if not d.called:
-                await d.addTimeout(max(0.0, deadline - clock.seconds()), clock)
-        except TimeoutError:
-            raise self._fail(request, "queue_timeout", "Timed out waiting in the queue.") from None
-        try:
-            d = self.up.gate.acquire(config.priority)
-            if not d.called:
-                await d.addTimeout(max(0.0, deadline - clock.seconds()), clock)
-        except BaseException as e:
-            rt.gate.release()
-            if isinstance(e, TimeoutError):
-                raise self._fail(request, "queue_timeout",
-                                 "Timed out waiting for the backend.") from None
-            raise
+        except QueueTimeout as e:
+            raise self._fail(request, "queue_timeout", str(e)) from None
 
     async def _exchange(self, request: Any, config: Any, body: bytes | None,
                         usage_filter: UsageChunkFilter | None, timing: "Timing") -> tuple[int, str | None]:
