@@ -37,7 +37,7 @@ class AdminRequest(BoundedRequest):
                 421, "host_not_allowed", f"This admin API does not answer to Host {host[:100]!r}."))
             return
         try:  # Klein would answer a text/html 400 and log a traceback
-            unquote_to_bytes(self.channel._path.split(b"?", 1)[0]).decode("utf-8")
+            unquote_to_bytes(self.request_line[1].split(b"?", 1)[0]).decode("utf-8")
             host.encode("latin-1").decode("utf-8")
         except UnicodeError:
             self.refuse(400, self.channel.site.error_body(

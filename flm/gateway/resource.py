@@ -78,7 +78,7 @@ class ProxyResource(Resource):
         if failure.check(CancelledError):
             return
         log.failure("proxy request failed", failure)
-        if not request._disconnected and not request.finished:
+        if not request.gone and not request.finished:
             if not request.startedWriting:
                 self._send_error(request, "backend_error", "Internal error in the gateway.")
             else:
@@ -130,7 +130,7 @@ class ProxyResource(Resource):
         finally:
             rt.in_flight -= 1
         now = self.up.clock.seconds()
-        if request._disconnected and error is None:
+        if request.gone and error is None:
             error = "client_closed"
         error = getattr(request, "cut_reason", None) or error  # cut by a stop: shutting_down
         self.up.record((
@@ -275,9 +275,9 @@ class ProxyResource(Resource):
         except CancelledError:
             raise
         except Exception:
-            error = "client_closed" if request._disconnected else (
+            error = "client_closed" if request.gone else (
                 getattr(request, "cut_reason", None) or relay.error)
-            if not request._disconnected:
+            if not request.gone:
                 self._cut(request, error)
         finally:
             # Also for a client that hung up: the row says what it was sent.
@@ -285,7 +285,7 @@ class ProxyResource(Resource):
             timing.last_byte = clock.seconds()
             timing.bytes_out = relay.bytes_out
             timing.prompt_tokens, timing.completion_tokens = usage_from_tail(relay.tail)
-        if not request._disconnected and not request.finished:
+        if not request.gone and not request.finished:
             request.finish()
         return response.code, error
 
@@ -301,7 +301,7 @@ class ProxyResource(Resource):
         else:
             # Anything else is cut short, so the client cannot take it for complete.
             request.transport.abortConnection()
-            request._disconnected = True
+            request.gone = True
 
 
 CUT_MESSAGES = {"shutting_down": "The gateway is shutting down; the stream was cut."}
