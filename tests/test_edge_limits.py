@@ -277,6 +277,16 @@ class EdgeLimitTests(SynchronousTestCase):
             self.assert_refused_and_closed(transport)
         self.assertEqual(self.h.backend.requests, 0)
 
+    def test_header_limits_count_each_request_on_keep_alive(self) -> None:
+        """The header count and size are per request (FLM counts them itself)."""
+        extra = [b"X-H%d: %s" % (i, b"v" * 170) for i in range(70)]  # 70 headers, ~12.5 KB
+        channel, transport = self.h.connect(self.h.api_site)
+        for _ in range(3):
+            channel.dataReceived(request(headers=extra))
+            self.h.pump()
+        self.assertEqual([r[0] for r in parse_responses(transport.value())[0]], [200] * 3,
+                         transport.value()[:500])
+
     def test_headers_too_large_in_total_is_431(self) -> None:
         extra = [b"X-Big%d: %s" % (i, b"v" * 12_000) for i in range(3)]  # each line < 16 KiB
         for site, check in self.both_sites():
