@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import json
@@ -76,8 +77,27 @@ def shield(coro: Awaitable[Any]) -> Deferred[Any]:
     return outer
 
 
+class _Klein(Klein):
+    """Every route checks the admin token first, unless it is declared ``public=True``:
+    a new route cannot forget it."""
+
+    def route(self, url: str, *args: Any, public: bool = False, **kwargs: Any) -> Any:
+        register = super().route(url, *args, **kwargs)
+        if public:
+            return register
+
+        def deco(f: Any) -> Any:
+            @functools.wraps(f)
+            def authorized(instance: Any, request: Any, *a: Any, **kw: Any) -> Any:
+                instance._auth(request)
+                return f(instance, request, *a, **kw)
+            register(authorized)
+            return f
+        return deco
+
+
 class AdminApp:
-    app = Klein()
+    app = _Klein()
 
     def __init__(self, *, token: str, apis: Apis, health: Callable[[], Awaitable[tuple[int, dict]]],
                  models: Any = None, observe: Any = None, admin_loopback: bool = True,
@@ -116,6 +136,8 @@ class AdminApp:
     def _http_error(self, request: Any, failure: Failure) -> bytes:
         e = failure.value
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.code, "bad_request")
+        if getattr(e, "valid_methods", None):
+            request.setHeader(b"allow", ", ".join(e.valid_methods).encode())
         if getattr(e, "new_url", None):  # werkzeug's redirect to the path with merged slashes
             request.setHeader(b"location", e.new_url.encode("utf-8"))
             code = "moved"
@@ -128,20 +150,18 @@ class AdminApp:
 
     # routes
 
-    @app.route("/health")
+    @app.route("/health", public=True)
     async def health(self, request: Any) -> bytes:
         status, body = await self._health()
         return json_body(request, status, body)
 
     @app.route("/api/apis", methods=["POST"])
     def create_api(self, request: Any) -> Any:
-        self._auth(request)
         payload = parse_json(request.content.read())
         return shield(self._json(request, 201, self.apis.create(payload)))
 
     @app.route("/api/apis", methods=["GET"])
     async def list_apis(self, request: Any) -> bytes:
-        self._auth(request)
         cursor = request.args.get(b"cursor", [b""])[0].decode("ascii", "replace") or None
         status = request.args.get(b"status", [b""])[0].decode("ascii", "replace") or None
         return json_body(request, 200, await self.apis.list(page_limit(request.args), cursor,
@@ -149,18 +169,15 @@ class AdminApp:
 
     @app.route("/api/apis/<ref>", methods=["GET"])
     async def show_api(self, request: Any, ref: str) -> bytes:
-        self._auth(request)
         return json_body(request, 200, (await self.apis.find(ref)).public())
 
     @app.route("/api/apis/<ref>", methods=["PATCH"])
     def update_api(self, request: Any, ref: str) -> Any:
-        self._auth(request)
         payload = parse_json(request.content.read())
         return shield(self._json(request, 200, self.apis.update(ref, payload)))
 
     @app.route("/api/apis/<ref>", methods=["DELETE"])
     def delete_api(self, request: Any, ref: str) -> Any:
-        self._auth(request)
 
         async def delete() -> bytes:
             await self.apis.delete(ref)
@@ -170,12 +187,10 @@ class AdminApp:
 
     @app.route("/api/apis/<ref>/start", methods=["POST"])
     def start_api(self, request: Any, ref: str) -> Any:
-        self._auth(request)
         return shield(self._json(request, 200, self.apis.start(ref)))
 
     @app.route("/api/apis/<ref>/stop", methods=["POST"])
     def stop_api(self, request: Any, ref: str) -> Any:
-        self._auth(request)
 
         async def stop() -> dict[str, Any]:
             return (await self.apis.stop(ref)).public()
@@ -183,20 +198,47 @@ class AdminApp:
 
     @app.route("/api/apis/<ref>/rotate-key", methods=["POST"])
     def rotate_key(self, request: Any, ref: str) -> Any:
-        self._auth(request)
         return shield(self._json(request, 200, self.apis.rotate_key(ref)))
 
-    @app.route("/api/models", branch=True, strict_slashes=False)
-    def models(self, request: Any) -> Any:
-        self._auth(request)
+    # /api/models (flm.admin.models)
+
+    def _model_ops(self) -> Any:
         if self._models is None:
             raise AdminError(404, "not_found", "Model management is not available.")
         return self._models
 
+    with app.subroute("/api/models") as models:
+        @models.route("/", methods=["GET"], strict_slashes=False)
+        def list_models(self, request: Any) -> Any:
+            return self._model_ops().list_models(request)
+
+        @models.route("/refresh", methods=["POST"])
+        def refresh_models(self, request: Any) -> Any:
+            return self._model_ops().refresh(request)
+
+        @models.route("/pull", methods=["POST"])
+        def pull_model(self, request: Any) -> Any:
+            return self._model_ops().pull(request)
+
+        @models.route("/pulls/<job_id>", methods=["GET"])
+        def pull_state(self, request: Any, job_id: str) -> Any:
+            return self._model_ops().pull_state(request, job_id)
+
+        @models.route("/pulls/<job_id>/events", methods=["GET"])
+        def pull_events(self, request: Any, job_id: str) -> Any:
+            return self._model_ops().pull_events(request, job_id)
+
+        @models.route("/<path:name>", methods=["GET"])
+        def show_model(self, request: Any, name: str) -> Any:
+            return self._model_ops().show(request, name)
+
+        @models.route("/<path:name>", methods=["DELETE"])
+        def delete_model(self, request: Any, name: str) -> Any:
+            return self._model_ops().delete(request, name)
+
     # logs, metrics, system (flm.admin.observe)
 
     def _observing(self, request: Any) -> Any:
-        self._auth(request)
         if self._observe is None:
             raise AdminError(404, "not_found", "Observability is not available.")
         return self._observe
@@ -220,7 +262,7 @@ class AdminApp:
     def system(self, request: Any) -> bytes:
         return json_body(request, 200, self._observing(request).system())
 
-    @app.route("/metrics", methods=["GET"])
+    @app.route("/metrics", methods=["GET"], public=True)
     def prometheus(self, request: Any) -> bytes:
         if not (self._metrics_public or (self._admin_loopback and _loopback_peer(request))):
             self._auth(request)
