@@ -451,6 +451,15 @@ class EdgeLimitTests(SynchronousTestCase):
         self.assertEqual(self.h.backend.requests, 0)
         self.assertEqual(self.h.rows, [])
 
+    def test_early_refusal_answers_in_the_clients_http_version(self) -> None:
+        """A refusal sent before ``requestReceived`` takes the version from the request
+        line, which ``GuardedChannel`` records itself."""
+        data = request(body=b"x" * (MAX_BODY + 1)).replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)
+        channel, transport = self.h.connect(self.h.api_site)
+        channel.dataReceived(data)
+        self.h.pump()
+        self.assertTrue(transport.value().startswith(b"HTTP/1.0 413 "), transport.value()[:80])
+
     def test_chunked_body_over_the_limit_is_413(self) -> None:
         chunk = b"x" * 1024
         body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(6)) + b"0\r\n\r\n"
