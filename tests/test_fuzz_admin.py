@@ -26,6 +26,7 @@ from hypothesis.stateful import (
 )
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import CannotListenError
 
 from flm import keys
 from flm.admin.apis import Apis
@@ -201,6 +202,8 @@ class TrackingReactor(InlineReactor):
         self.active: dict[int, Any] = {}
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        if port in self.active:  # as the OS does: one listening socket per port
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
         listener = super().listenTCP(port, factory, backlog, interface)
         self.active[port] = factory
 
