@@ -89,7 +89,7 @@ class _Klein(Klein):
         def deco(f: Any) -> Any:
             @functools.wraps(f)
             def authorized(instance: Any, request: Any, *a: Any, **kw: Any) -> Any:
-                instance._auth(request)
+                instance.check_token(request)
                 return f(instance, request, *a, **kw)
             register(authorized)
             return f
@@ -117,7 +117,8 @@ class AdminApp:
 
     # plumbing
 
-    def _auth(self, request: Any) -> None:
+    def check_token(self, request: Any) -> None:
+        """The admin token, or ``AdminError(401)``; every non-public route runs this first."""
         token = keys.bearer_token(request.getHeader(b"authorization"))
         if token is None or not hmac.compare_digest(token, self._token):
             request.setHeader(b"www-authenticate", b"Bearer")
@@ -265,7 +266,7 @@ class AdminApp:
     @app.route("/metrics", methods=["GET"], public=True)
     def prometheus(self, request: Any) -> bytes:
         if not (self._metrics_public or (self._admin_loopback and _loopback_peer(request))):
-            self._auth(request)
+            self.check_token(request)
         if self._observe is None:
             raise AdminError(404, "not_found", "Metrics are not available.")
         request.setHeader(b"content-type", PROMETHEUS_CONTENT_TYPE)
