@@ -198,7 +198,7 @@ class FLMService(MultiService):
 
 
 def _models_admin(models: ModelCache, pulls: PullJobs, backend: Any, registry: Registry) -> Any:
-    return ModelsAdmin(models, pulls, backend, registry.uses_model).app.resource()
+    return ModelsAdmin(models, pulls, backend, registry.uses_model)
 
 
 def _ports_of(endpoint: str) -> set[int]:

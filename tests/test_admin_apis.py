@@ -473,7 +473,7 @@ class ShowUpdateTests(AdminTestCase):
         self.assertEqual((body["max_concurrent"], body["max_queue"], body["rate_limit_rpm"],
                           body["priority"], body["queue_timeout_s"]), (3, 7, 60, 2, 5))
         runtime = self.registry.runtimes[self.api["id"]]
-        self.assertEqual((runtime.gate._sem.limit, runtime.gate.max_queue), (3, 7))
+        self.assertEqual((runtime.gate.limit, runtime.gate.max_queue), (3, 7))
         self.assertEqual(runtime.bucket.rpm, 60)
         config = self.registry.cache.by_port(self.api["port"])
         self.assertEqual((config.max_concurrent, config.priority), (3, 2))

@@ -1,11 +1,10 @@
-"""The ``/api/models`` sub-app over ``StubTreq``, alone and mounted under a parent app."""
+"""``/api/models`` through the admin app (one Klein app, a subroute) over ``StubTreq``."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
@@ -14,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from flm.admin.app import AdminApp
 from flm.admin.models import ModelsAdmin
 from flm.backends import make_backend
 from flm.backends.catalog import ModelCache
@@ -28,6 +28,9 @@ PULL = [
     {"status": "writing manifest"},
     {"status": "success"},
 ]
+
+
+TOKEN = "admin-token"
 
 
 def ndjson(*lines: dict[str, Any]) -> bytes:
@@ -111,10 +114,11 @@ class AdminCase(SynchronousTestCase):
         self.admin = ModelsAdmin(self.cache, self.pulls, self.backend, self.busy.__contains__,
                                  clock=self.clock)
         self.client = StubTreq(self.resource())
-        self.base = "http://admin/"
+        self.base = "http://admin/api/models/"
 
     def resource(self) -> Any:
-        return self.admin.app.resource()
+        return AdminApp(token=TOKEN, apis=None, health=None,  # type: ignore[arg-type]
+                        models=self.admin).resource()
 
     def flush(self) -> None:
         for _ in range(4):
@@ -122,6 +126,7 @@ class AdminCase(SynchronousTestCase):
             self.client.flush()
 
     def call(self, method: str, path: str, **kw: Any) -> tuple[int, Any, Any]:
+        kw.setdefault("headers", {"Authorization": f"Bearer {TOKEN}"})
         d = self.client.request(method, self.base + path, **kw)
         self.flush()
         response = self.successResultOf(d)
@@ -175,7 +180,8 @@ class AdminTests(AdminCase):
         self.fake.pulls[0].write(ndjson(*PULL[:2]))
         self.flush()
         # A late watcher first gets the current state.
-        d = self.client.get(self.base + f"pulls/{job}/events", unbuffered=True)
+        d = self.client.get(self.base + f"pulls/{job}/events", unbuffered=True,
+                            headers={"Authorization": f"Bearer {TOKEN}"})
         self.flush()
         response = self.successResultOf(d)
         assert response.headers.getRawHeaders(b"content-type") == [
@@ -200,7 +206,8 @@ class AdminTests(AdminCase):
 
     def test_pull_error_reaches_watchers(self) -> None:
         job = self.call("POST", "pull", json={"name": "nosuch"})[2]["job"]
-        d = self.client.get(self.base + f"pulls/{job}/events", unbuffered=True)
+        d = self.client.get(self.base + f"pulls/{job}/events", unbuffered=True,
+                            headers={"Authorization": f"Bearer {TOKEN}"})
         self.flush()
         events = Events()
         self.successResultOf(d).deliverBody(events)
@@ -213,7 +220,8 @@ class AdminTests(AdminCase):
 
     def test_watcher_disconnect_unsubscribes(self) -> None:
         job = self.call("POST", "pull", json={"name": "qwen2.5"})[2]["job"]
-        d = self.client.get(self.base + f"pulls/{job}/events", unbuffered=True)
+        d = self.client.get(self.base + f"pulls/{job}/events", unbuffered=True,
+                            headers={"Authorization": f"Bearer {TOKEN}"})
         self.flush()
         events = Events()
         self.successResultOf(d).deliverBody(events)
@@ -299,29 +307,9 @@ class OpenAIAdminTests(AdminCase):
 
 
 
-class Parent:
-    """How the main admin app mounts the sub-app (auth would be checked here first)."""
-
-    app = Klein()
-
-    def __init__(self, child: ModelsAdmin) -> None:
-        self.child = child
-
-    @app.route("/api/models", branch=True, strict_slashes=False)
-    def models(self, request: Any) -> Any:
-        return self.child.app.resource()
-
-
-class MountedTests(AdminTests):
-    def resource(self) -> Any:
-        return Parent(self.admin).app.resource()
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.base = "http://admin/api/models/"
-
+class MountedTests(AdminCase):
     def test_root_without_slash(self) -> None:
-        d = self.client.get("http://admin/api/models")
+        d = self.client.get("http://admin/api/models", headers={"Authorization": f"Bearer {TOKEN}"})
         self.flush()
         response = self.successResultOf(d)
         assert response.code == 200
@@ -330,7 +318,8 @@ class MountedTests(AdminTests):
 
     def test_stop_cancels_pull_watched_over_http(self) -> None:
         job = self.call("POST", "pull", json={"name": "qwen2.5"})[2]["job"]
-        d = self.client.get(self.base + f"pulls/{job}/events", unbuffered=True)
+        d = self.client.get(self.base + f"pulls/{job}/events", unbuffered=True,
+                            headers={"Authorization": f"Bearer {TOKEN}"})
         self.flush()
         events = Events()
         self.successResultOf(d).deliverBody(events)
@@ -344,12 +333,13 @@ class MountedTests(AdminTests):
 
 LOOPBACK_SERVER = '''
 import json
-from klein import Klein
 from treq.client import HTTPClient
 from twisted.internet import endpoints, reactor
 from twisted.web.client import Agent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
+from flm.admin.app import AdminApp
+from flm.admin.app import AdminApp
 from flm.admin.models import ModelsAdmin
 from flm.backends import make_backend
 from flm.backends.catalog import ModelCache
@@ -372,21 +362,15 @@ class FakeOllama(Resource):
         step()
         return NOT_DONE_YET
 
-class Parent:
-    app = Klein()
-    @app.route("/api/models", branch=True, strict_slashes=False)
-    def models(self, request):
-        return self.admin.app.resource()
-
 def up(port):
     url = "http://127.0.0.1:%d" % port.getHost().port
     backend = make_backend("ollama", url, HTTPClient(Agent(reactor)), reactor)
     cache = ModelCache(backend, reactor)
     pulls = PullJobs(backend, reactor, on_change=lambda job: cache.expire())
-    parent = Parent()
-    parent.admin = ModelsAdmin(cache, pulls, backend, lambda name: False)
+    admin = AdminApp(token="admin-token", apis=None, health=None,
+                     models=ModelsAdmin(cache, pulls, backend, lambda name: False))
     return endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        Site(parent.app.resource()))
+        Site(admin.resource()))
 
 d = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(FakeOllama()))
 d.addCallback(up).addCallback(lambda port: print(port.getHost().port, flush=True))
@@ -395,7 +379,7 @@ reactor.run()
 
 
 def test_sse_end_to_end_on_loopback(tmp_path: Any) -> None:
-    """The real reactor, real sockets: a fake Ollama, the sub-app mounted, an SSE reader."""
+    """The real reactor, real sockets: a fake Ollama, the admin app, an SSE reader."""
     import os
     import subprocess
     import sys
@@ -411,13 +395,15 @@ def test_sse_end_to_end_on_loopback(tmp_path: Any) -> None:
     urlopen = urllib.request.build_opener(urllib.request.ProxyHandler({})).open
     try:
         base = f"http://127.0.0.1:{int(proc.stdout.readline())}/api/models"  # type: ignore
+        auth = {"Authorization": f"Bearer {TOKEN}"}
         req = urllib.request.Request(base + "/pull", data=b'{"name": "llama3.2"}',
-                                     method="POST")
+                                     method="POST", headers=auth)
         with urlopen(req, timeout=10) as resp:
             assert resp.status == 202
             job = json.load(resp)["job"]
         states = []
-        with urlopen(f"{base}/pulls/{job}/events", timeout=10) as resp:
+        with urlopen(urllib.request.Request(f"{base}/pulls/{job}/events", headers=auth),
+                     timeout=10) as resp:
             assert resp.headers["content-type"].startswith("text/event-stream")
             for line in resp:  # ends when the server closes the stream
                 if line.startswith(b"data: "):
@@ -425,7 +411,7 @@ def test_sse_end_to_end_on_loopback(tmp_path: Any) -> None:
         assert states[-1]["status"] == "done" and states[-1]["percent"] == 100.0
         assert states[-1]["total"] == 1000 and states[-1]["status_line"] == "success"
         assert all(s["status"] == "running" for s in states[:-1])
-        with urlopen(base, timeout=10) as resp:
+        with urlopen(urllib.request.Request(base, headers=auth), timeout=10) as resp:
             assert json.load(resp)["models"][0]["name"] == "llama3.2:latest"
     finally:
         proc.kill()

@@ -1,8 +1,8 @@
 """flm.gateway.admission on a ``task.Clock``: the per-API gate, the shared backend gate, rate limits.
 
 The property tests drive random sequences of arrivals, finishes, cancellations, limit changes
-and time over several APIs sharing one backend gate, through the same two-stage wait the
-proxy does (API slot, then backend slot, ``queue_timeout_s`` over both).
+and time over several APIs sharing one backend gate, through ``admit`` -- the function the
+proxy calls (API slot, then backend slot, ``queue_timeout_s`` over both).
 """
 
 from __future__ import annotations
@@ -17,7 +17,15 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from flm.gateway.admission import ApiGate, BackendGate, Refused, TokenBucket
+from flm.gateway.admission import (
+    ApiGate,
+    BackendGate,
+    QueueTimeout,
+    Refused,
+    TokenBucket,
+    admit,
+)
+
 
 PROPERTY = settings(derandomize=True, deadline=None, max_examples=300)
 
@@ -278,8 +286,7 @@ class Req:
     arrived: float
     deadline: float
     outcome: str | None = None
-    at_api: bool = False      # holds its API's slot
-    at_backend: bool = False  # holds a backend slot
+    admitted: bool = False  # holds a ticket (both slots)
     done: Deferred[None] = attrs.field(factory=Deferred)
     flow: Deferred[None] | None = None
     ended_at: float | None = None
@@ -293,15 +300,14 @@ class World:
         self.gates = [ApiGate(limit, queue) for limit, queue, _, _ in apis]
         self.backend = BackendGate(backend_limit, self.clock, aging_s)
         self.reqs: list[Req] = []
-        self.api_admissions: list[list[int]] = [[] for _ in apis]
-        self.backend_admissions: list[list[int]] = [[] for _ in apis]
+        self.admissions: list[list[int]] = [[] for _ in apis]
         self.errors: list[Any] = []
 
     def holders(self, api: int) -> int:
-        return sum(1 for r in self.reqs if r.api == api and r.at_api)
+        return sum(1 for r in self.reqs if r.api == api and r.admitted)
 
     def at_backend(self) -> int:
-        return sum(1 for r in self.reqs if r.at_backend)
+        return sum(1 for r in self.reqs if r.admitted)
 
     def end(self, req: Req, outcome: str) -> None:
         assert req.outcome is None, f"request {req.n} ended twice: {req.outcome}, {outcome}"
@@ -309,50 +315,36 @@ class World:
         req.ended_at = self.clock.seconds()
 
     async def _flow(self, req: Req) -> None:
-        gate, priority = self.gates[req.api], self.config[req.api][2]
-        clock = self.clock
+        """What the proxy does around ``admit``: wait, hold the ticket, release it."""
+        gate = self.gates[req.api]
         try:
-            d = gate.acquire()
+            ticket = await admit(gate, self.backend, self.clock,
+                                 priority=self.config[req.api][2], deadline=req.deadline)
         except Refused as r:
             assert r.code == "queue_full"
             assert gate.waiting >= gate.max_queue
             self.end(req, "queue_full")
             return
-        try:
-            if not d.called:
-                await d.addTimeout(max(0.0, req.deadline - clock.seconds()), clock)
-        except TimeoutError:
+        except QueueTimeout:
             self.end(req, "queue_timeout")
             return
         except CancelledError:
             self.end(req, "cancelled")
             return
-        req.at_api = True
-        self.api_admissions[req.api].append(req.n)
-        assert self.holders(req.api) <= self.config[req.api][0], "API limit passed"
-        try:
-            d = self.backend.acquire(priority)
-            if not d.called:
-                await d.addTimeout(max(0.0, req.deadline - clock.seconds()), clock)
-        except BaseException as e:
-            req.at_api = False
-            gate.release()
-            self.end(req, "queue_timeout" if isinstance(e, TimeoutError) else "cancelled")
-            if not isinstance(e, (TimeoutError, CancelledError)):
-                raise
-            return
-        req.at_backend = True
-        self.backend_admissions[req.api].append(req.n)
+        req.admitted = True
+        self.admissions[req.api].append(req.n)
+        # Its API slot is counted, and the backend's limit holds.
+        assert self.holders(req.api) <= gate.in_use
         assert self.at_backend() <= self.backend.limit, "backend limit passed"
-        assert clock.seconds() <= req.deadline
+        assert self.clock.seconds() <= req.deadline
         try:
             await req.done
         except CancelledError:
             pass
         finally:
-            req.at_backend = req.at_api = False
-            self.backend.release()
-            gate.release()
+            req.admitted = False
+            ticket.release()
+            ticket.release()  # a second release gives nothing back twice
             self.end(req, "released")
 
     def arrive(self, api: int) -> None:
@@ -363,7 +355,7 @@ class World:
         req.flow.addErrback(self.errors.append)
 
     def finish(self, k: int) -> None:
-        admitted = [r for r in self.reqs if r.at_backend]
+        admitted = [r for r in self.reqs if r.admitted and not r.done.called]
         if admitted:
             admitted[k % len(admitted)].done.callback(None)
 
@@ -379,7 +371,7 @@ class World:
 
     def drain(self) -> None:
         for _ in range(10_000):
-            admitted = [r for r in self.reqs if r.at_backend]
+            admitted = [r for r in self.reqs if r.admitted and not r.done.called]
             if admitted:
                 admitted[0].done.callback(None)
             elif any(r.outcome is None for r in self.reqs):
@@ -407,6 +399,7 @@ op = st.one_of(
 def test_admission_accounting(apis: list[tuple[int, int, int, float]], backend_limit: int,
                               aging_s: float, ops: list[tuple[Any, ...]]) -> None:
     world = World(apis, backend_limit, aging_s)
+    in_use = [0, 0, 0]
     for name, *args in ops:
         if name == "arrive":
             world.arrive(*args)
@@ -418,10 +411,13 @@ def test_admission_accounting(apis: list[tuple[int, int, int, float]], backend_l
             world.clock.advance(*args)
         else:
             world.set_limits(*args)
-        assert world.at_backend() <= world.backend.limit
+        # Slots held = tickets held, plus (API gate) those waiting for the backend.
         assert world.backend.in_use == world.at_backend()
         for i, gate in enumerate(world.gates):
-            assert gate.in_use == world.holders(i)
+            assert world.holders(i) <= gate.in_use <= world.holders(i) + world.backend.waiting
+            # Never over the limit, except above a lowered one, and then only going down.
+            assert gate.in_use <= max(world.config[i][0], in_use[i]), "API limit passed"
+            in_use[i] = gate.in_use
     world.drain()
 
     assert not world.errors, world.errors
@@ -430,11 +426,10 @@ def test_admission_accounting(apis: list[tuple[int, int, int, float]], backend_l
     for outcome in sorted(outcomes):
         event(outcome)
     for i in range(3):
-        # FIFO within a priority (one priority per API): in arrival order at both stages.
-        assert world.api_admissions[i] == sorted(world.api_admissions[i])
-        assert world.backend_admissions[i] == sorted(world.backend_admissions[i])
+        # FIFO within a priority (one priority per API): admitted in arrival order.
+        admitted = world.admissions[i]
+        assert admitted == sorted(admitted)
         # every admitted request was released exactly once; nobody admitted twice
-        admitted = world.backend_admissions[i]
         assert len(admitted) == len(set(admitted))
         assert {r.n for r in world.reqs if r.api == i and r.outcome == "released"} \
             == set(admitted)
@@ -465,3 +460,45 @@ def test_backend_gate_fifo_within_a_priority(priorities: list[int], gaps: list[f
     for p in set(priorities):
         same = [i for i in order if priorities[i] == p]
         assert same == sorted(same)
+
+
+class ManyWaitersTests(SynchronousTestCase):
+    """Twisted #9304: a DeferredSemaphore wedges with RecursionError when queued waiters
+    that finish at once release from inside their callbacks. The gates must not."""
+
+    N = 5000
+
+    def test_api_gate_releases_5000_waiters_at_once(self) -> None:
+        gate = ApiGate(1, self.N)
+        first = gate.acquire()
+        order: list[int] = []
+        for i in range(self.N):
+            gate.acquire().addCallback(lambda _, i=i: (order.append(i), gate.release()))
+        self.assertTrue(first.called)
+        gate.release()
+        self.assertEqual(order, list(range(self.N)))
+        self.assertEqual((gate.in_use, gate.waiting), (0, 0))
+
+    def test_backend_gate_releases_5000_waiters_at_once(self) -> None:
+        clock = Clock()
+        gate = BackendGate(1, clock)
+        gate.acquire()
+        order: list[int] = []
+        for i in range(self.N):
+            gate.acquire(i % 3).addCallback(lambda _, i=i: (order.append(i), gate.release()))
+        gate.release()
+        self.assertEqual(sorted(order), list(range(self.N)))
+        self.assertEqual((gate.in_use, gate.waiting), (0, 0))
+
+    def test_admit_5000_waiters_released_at_once(self) -> None:
+        clock = Clock()
+        api, backend = ApiGate(1, self.N), BackendGate(1, clock)
+        holder = self.successResultOf(Deferred.fromCoroutine(
+            admit(api, backend, clock, priority=0, deadline=60.0)))
+        order: list[int] = []
+        for i in range(self.N):
+            d = Deferred.fromCoroutine(admit(api, backend, clock, priority=0, deadline=60.0))
+            d.addCallback(lambda ticket, i=i: (order.append(i), ticket.release()))
+        holder.release()
+        self.assertEqual(order, list(range(self.N)))
+        self.assertEqual((api.in_use, api.waiting, backend.in_use, backend.waiting), (0, 0, 0, 0))

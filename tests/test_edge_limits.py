@@ -277,6 +277,16 @@ class EdgeLimitTests(SynchronousTestCase):
             self.assert_refused_and_closed(transport)
         self.assertEqual(self.h.backend.requests, 0)
 
+    def test_header_limits_count_each_request_on_keep_alive(self) -> None:
+        """The header count and size are per request (FLM counts them itself)."""
+        extra = [b"X-H%d: %s" % (i, b"v" * 170) for i in range(70)]  # 70 headers, ~12.5 KB
+        channel, transport = self.h.connect(self.h.api_site)
+        for _ in range(3):
+            channel.dataReceived(request(headers=extra))
+            self.h.pump()
+        self.assertEqual([r[0] for r in parse_responses(transport.value())[0]], [200] * 3,
+                         transport.value()[:500])
+
     def test_headers_too_large_in_total_is_431(self) -> None:
         extra = [b"X-Big%d: %s" % (i, b"v" * 12_000) for i in range(3)]  # each line < 16 KiB
         for site, check in self.both_sites():
@@ -468,6 +478,15 @@ class EdgeLimitTests(SynchronousTestCase):
         openai_error(responses[0], 413, "request_too_large")
         self.assertEqual(self.h.backend.requests, 0)
         self.assertEqual(self.h.rows, [])
+
+    def test_early_refusal_answers_in_the_clients_http_version(self) -> None:
+        """A refusal sent before ``requestReceived`` takes the version from the request
+        line, which ``GuardedChannel`` records itself."""
+        data = request(body=b"x" * (MAX_BODY + 1)).replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)
+        channel, transport = self.h.connect(self.h.api_site)
+        channel.dataReceived(data)
+        self.h.pump()
+        self.assertTrue(transport.value().startswith(b"HTTP/1.0 413 "), transport.value()[:80])
 
     def test_chunked_body_over_the_limit_is_413(self) -> None:
         chunk = b"x" * 1024

@@ -26,6 +26,7 @@ from hypothesis.stateful import (
 )
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import CannotListenError
 
 from flm import keys
 from flm.admin.apis import Apis
@@ -201,6 +202,8 @@ class TrackingReactor(InlineReactor):
         self.active: dict[int, Any] = {}
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        if port in self.active:  # as the OS does: one listening socket per port
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
         listener = super().listenTCP(port, factory, backlog, interface)
         self.active[port] = factory
 
@@ -358,7 +361,7 @@ class AdminMachine(RuleBasedStateMachine):
             assert ([getattr(runtime.config, f) for f in used]
                     == [getattr(record, f) for f in used]), (runtime.config, record)
             assert runtime.port == record.port
-            assert (runtime.gate._sem.limit, runtime.gate.max_queue) == (
+            assert (runtime.gate.limit, runtime.gate.max_queue) == (
                 record.max_concurrent, record.max_queue)
             assert (runtime.bucket.rpm if runtime.bucket else None) == record.rate_limit_rpm
             assert self.reactor.active[record.port] is runtime.site

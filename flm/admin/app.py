@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import json
@@ -17,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 from flm import keys
 from flm.admin.apis import Apis
 from flm.admin.errors import AdminError, error, json_body
-from flm.admin.keys import KeysRoutes, grace_of
+from flm.admin.keys import grace_of, optional_json
 from flm.admin.observe import PROMETHEUS_CONTENT_TYPE
 from flm.admin.validation import page_limit, parse_json
 from flm.http.edge import GuardedSite
@@ -38,7 +39,7 @@ class AdminRequest(BoundedRequest):
                 421, "host_not_allowed", f"This admin API does not answer to Host {host[:100]!r}."))
             return
         try:  # Klein would answer a text/html 400 and log a traceback
-            unquote_to_bytes(self.channel._path.split(b"?", 1)[0]).decode("utf-8")
+            unquote_to_bytes(self.request_line[1].split(b"?", 1)[0]).decode("utf-8")
             host.encode("latin-1").decode("utf-8")
         except UnicodeError:
             self.refuse(400, self.channel.site.error_body(
@@ -77,8 +78,27 @@ def shield(coro: Awaitable[Any]) -> Deferred[Any]:
     return outer
 
 
+class _Klein(Klein):
+    """Every route checks the admin token first, unless it is declared ``public=True``:
+    a new route cannot forget it."""
+
+    def route(self, url: str, *args: Any, public: bool = False, **kwargs: Any) -> Any:
+        register = super().route(url, *args, **kwargs)
+        if public:
+            return register
+
+        def deco(f: Any) -> Any:
+            @functools.wraps(f)
+            def authorized(instance: Any, request: Any, *a: Any, **kw: Any) -> Any:
+                instance.check_token(request)
+                return f(instance, request, *a, **kw)
+            register(authorized)
+            return f
+        return deco
+
+
 class AdminApp:
-    app = Klein()
+    app = _Klein()
 
     def __init__(self, *, token: str, apis: Apis, health: Callable[[], Awaitable[tuple[int, dict]]],
                  models: Any = None, observe: Any = None, admin_loopback: bool = True,
@@ -98,7 +118,8 @@ class AdminApp:
 
     # plumbing
 
-    def _auth(self, request: Any) -> None:
+    def check_token(self, request: Any) -> None:
+        """The admin token, or ``AdminError(401)``; every non-public route runs this first."""
         token = keys.bearer_token(request.getHeader(b"authorization"))
         if token is None or not hmac.compare_digest(token, self._token):
             request.setHeader(b"www-authenticate", b"Bearer")
@@ -117,6 +138,8 @@ class AdminApp:
     def _http_error(self, request: Any, failure: Failure) -> bytes:
         e = failure.value
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.code, "bad_request")
+        if getattr(e, "valid_methods", None):
+            request.setHeader(b"allow", ", ".join(e.valid_methods).encode())
         if getattr(e, "new_url", None):  # werkzeug's redirect to the path with merged slashes
             request.setHeader(b"location", e.new_url.encode("utf-8"))
             code = "moved"
@@ -129,20 +152,18 @@ class AdminApp:
 
     # routes
 
-    @app.route("/health")
+    @app.route("/health", public=True)
     async def health(self, request: Any) -> bytes:
         status, body = await self._health()
         return json_body(request, status, body)
 
     @app.route("/api/apis", methods=["POST"])
     def create_api(self, request: Any) -> Any:
-        self._auth(request)
         payload = parse_json(request.content.read())
         return shield(self._json(request, 201, self.apis.create(payload)))
 
     @app.route("/api/apis", methods=["GET"])
     async def list_apis(self, request: Any) -> bytes:
-        self._auth(request)
         cursor = request.args.get(b"cursor", [b""])[0].decode("ascii", "replace") or None
         status = request.args.get(b"status", [b""])[0].decode("ascii", "replace") or None
         return json_body(request, 200, await self.apis.list(page_limit(request.args), cursor,
@@ -150,18 +171,15 @@ class AdminApp:
 
     @app.route("/api/apis/<ref>", methods=["GET"])
     async def show_api(self, request: Any, ref: str) -> bytes:
-        self._auth(request)
         return json_body(request, 200, (await self.apis.find(ref)).public())
 
     @app.route("/api/apis/<ref>", methods=["PATCH"])
     def update_api(self, request: Any, ref: str) -> Any:
-        self._auth(request)
         payload = parse_json(request.content.read())
         return shield(self._json(request, 200, self.apis.update(ref, payload)))
 
     @app.route("/api/apis/<ref>", methods=["DELETE"])
     def delete_api(self, request: Any, ref: str) -> Any:
-        self._auth(request)
 
         async def delete() -> bytes:
             await self.apis.delete(ref)
@@ -171,12 +189,10 @@ class AdminApp:
 
     @app.route("/api/apis/<ref>/start", methods=["POST"])
     def start_api(self, request: Any, ref: str) -> Any:
-        self._auth(request)
         return shield(self._json(request, 200, self.apis.start(ref)))
 
     @app.route("/api/apis/<ref>/stop", methods=["POST"])
     def stop_api(self, request: Any, ref: str) -> Any:
-        self._auth(request)
 
         async def stop() -> dict[str, Any]:
             return (await self.apis.stop(ref)).public()
@@ -184,27 +200,81 @@ class AdminApp:
 
     @app.route("/api/apis/<ref>/rotate-key", methods=["POST"])
     def rotate_key(self, request: Any, ref: str) -> Any:
-        self._auth(request)
-        body = request.content.read()
-        grace = grace_of(parse_json(body) if body.strip() else {})
+        grace = grace_of(optional_json(request))
         return shield(self._json(request, 200, self.apis.rotate_key(ref, grace)))
 
-    @app.route("/api/apis/<ref>/keys", branch=True, strict_slashes=False)
-    def api_keys(self, request: Any, ref: str) -> Any:
-        self._auth(request)
-        return KeysRoutes(self.apis.keys, ref, shield).resource()
+    # /api/apis/{ref}/keys (flm.admin.keys)
 
-    @app.route("/api/models", branch=True, strict_slashes=False)
-    def models(self, request: Any) -> Any:
-        self._auth(request)
+    with app.subroute("/api/apis/<ref>/keys") as api_keys:
+        @api_keys.route("/", methods=["GET"], strict_slashes=False)
+        async def list_keys(self, request: Any, ref: str) -> bytes:
+            return json_body(request, 200, await self.apis.keys.list(ref))
+
+        @api_keys.route("/", methods=["POST"], strict_slashes=False)
+        def create_key(self, request: Any, ref: str) -> Any:
+            payload = parse_json(request.content.read())
+            return shield(self._json(request, 201, self.apis.keys.create(ref, payload)))
+
+        @api_keys.route("/<key>", methods=["GET"])
+        async def show_key(self, request: Any, ref: str, key: str) -> bytes:
+            return json_body(request, 200, await self.apis.keys.show(ref, key))
+
+        @api_keys.route("/<key>", methods=["PATCH"])
+        def update_key(self, request: Any, ref: str, key: str) -> Any:
+            payload = parse_json(request.content.read())
+            return shield(self._json(request, 200, self.apis.keys.update(ref, key, payload)))
+
+        @api_keys.route("/<key>", methods=["DELETE"])
+        def revoke_key(self, request: Any, ref: str, key: str) -> Any:
+            return shield(self._json(request, 200, self.apis.keys.revoke(ref, key)))
+
+        @api_keys.route("/<key>/rotate", methods=["POST"])
+        def rotate_api_key(self, request: Any, ref: str, key: str) -> Any:
+            grace = grace_of(optional_json(request))
+
+            async def rotate() -> dict[str, Any]:
+                return (await self.apis.keys.rotate(ref, key, grace))[1]
+            return shield(self._json(request, 200, rotate()))
+
+    # /api/models (flm.admin.models)
+
+    def _model_ops(self) -> Any:
         if self._models is None:
             raise AdminError(404, "not_found", "Model management is not available.")
         return self._models
 
+    with app.subroute("/api/models") as models:
+        @models.route("/", methods=["GET"], strict_slashes=False)
+        def list_models(self, request: Any) -> Any:
+            return self._model_ops().list_models(request)
+
+        @models.route("/refresh", methods=["POST"])
+        def refresh_models(self, request: Any) -> Any:
+            return self._model_ops().refresh(request)
+
+        @models.route("/pull", methods=["POST"])
+        def pull_model(self, request: Any) -> Any:
+            return self._model_ops().pull(request)
+
+        @models.route("/pulls/<job_id>", methods=["GET"])
+        def pull_state(self, request: Any, job_id: str) -> Any:
+            return self._model_ops().pull_state(request, job_id)
+
+        @models.route("/pulls/<job_id>/events", methods=["GET"])
+        def pull_events(self, request: Any, job_id: str) -> Any:
+            return self._model_ops().pull_events(request, job_id)
+
+        @models.route("/<path:name>", methods=["GET"])
+        def show_model(self, request: Any, name: str) -> Any:
+            return self._model_ops().show(request, name)
+
+        @models.route("/<path:name>", methods=["DELETE"])
+        def delete_model(self, request: Any, name: str) -> Any:
+            return self._model_ops().delete(request, name)
+
     # logs, metrics, system (flm.admin.observe)
 
     def _observing(self, request: Any) -> Any:
-        self._auth(request)
         if self._observe is None:
             raise AdminError(404, "not_found", "Observability is not available.")
         return self._observe
@@ -228,10 +298,10 @@ class AdminApp:
     def system(self, request: Any) -> bytes:
         return json_body(request, 200, self._observing(request).system())
 
-    @app.route("/metrics", methods=["GET"])
+    @app.route("/metrics", methods=["GET"], public=True)
     def prometheus(self, request: Any) -> bytes:
         if not (self._metrics_public or (self._admin_loopback and _loopback_peer(request))):
-            self._auth(request)
+            self.check_token(request)
         if self._observe is None:
             raise AdminError(404, "not_found", "Metrics are not available.")
         request.setHeader(b"content-type", PROMETHEUS_CONTENT_TYPE)

@@ -8,15 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from klein import Klein
-from klein.resource import KleinResource
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from flm import keys
-from flm.admin.errors import AdminError, error, json_body
+from flm.admin.errors import AdminError
 from flm.admin.observe import parse_time
 from flm.admin.validation import NAME, _int, _pattern, invalid, parse_json
 from flm.records import ApiRecord, KeyRecord, utc_iso
@@ -169,81 +165,7 @@ class Keys:
         return api, {**self.public(key), "key": secret}
 
 
-class _Mounted(KleinResource):
-    """Also answers ``/api/apis/{id}/keys`` itself (no path segment left to match ``/``)."""
-
-    def render(self, request: IRequest) -> Any:
-        if not request.postpath:  # type: ignore[attr-defined]
-            request.postpath = [b""]  # type: ignore[attr-defined]
-        return super().render(request)
-
-
-class KeysRoutes:
-    """The Klein sub-app of one API's keys (made per request: it knows the API's ref)."""
-
-    app = Klein()
-
-    def resource(self) -> KleinResource:
-        return _Mounted(self.app)
-
-    def __init__(self, ops: Keys, api_ref: str, shield: Callable[[Any], Any]) -> None:
-        self._ops = ops
-        self._api = api_ref
-        self._shield = shield
-
-    @app.handle_errors(AdminError)
-    def _admin_error(self, request: IRequest, failure: Failure) -> bytes:
-        e = failure.value
-        return error(request, e.status, e.code, e.message)
-
-    @app.handle_errors(NotFound)
-    def _not_found(self, request: IRequest, failure: Failure) -> bytes:
-        return error(request, 404, "not_found", "no such path under /api/apis/{id}/keys")
-
-    @app.handle_errors(MethodNotAllowed)
-    def _bad_method(self, request: IRequest, failure: Failure) -> bytes:
-        request.setHeader(b"allow", ", ".join(failure.value.valid_methods or []).encode())
-        return error(request, 405, "method_not_allowed", "that method is not allowed here")
-
-    @app.handle_errors(Exception)
-    def _internal(self, request: IRequest, failure: Failure) -> bytes:
-        log.failure("admin keys request failed", failure)
-        return error(request, 500, "internal_error", "Internal error; see the service log.")
-
-    async def _json(self, request: IRequest, status: int, work: Any) -> bytes:
-        return json_body(request, status, await work)
-
-    @app.route("/", methods=["GET"])
-    async def list_keys(self, request: IRequest) -> bytes:
-        return json_body(request, 200, await self._ops.list(self._api))
-
-    @app.route("/", methods=["POST"])
-    def create_key(self, request: IRequest) -> Any:
-        payload = parse_json(request.content.read())  # type: ignore[attr-defined]
-        return self._shield(self._json(request, 201, self._ops.create(self._api, payload)))
-
-    @app.route("/<ref>", methods=["GET"])
-    async def show_key(self, request: IRequest, ref: str) -> bytes:
-        return json_body(request, 200, await self._ops.show(self._api, ref))
-
-    @app.route("/<ref>", methods=["PATCH"])
-    def update_key(self, request: IRequest, ref: str) -> Any:
-        payload = parse_json(request.content.read())  # type: ignore[attr-defined]
-        return self._shield(self._json(request, 200, self._ops.update(self._api, ref, payload)))
-
-    @app.route("/<ref>", methods=["DELETE"])
-    def revoke_key(self, request: IRequest, ref: str) -> Any:
-        return self._shield(self._json(request, 200, self._ops.revoke(self._api, ref)))
-
-    @app.route("/<ref>/rotate", methods=["POST"])
-    def rotate_key(self, request: IRequest, ref: str) -> Any:
-        grace = grace_of(_optional_json(request))
-
-        async def rotate() -> dict[str, Any]:
-            return (await self._ops.rotate(self._api, ref, grace))[1]
-        return self._shield(self._json(request, 200, rotate()))
-
-
-def _optional_json(request: IRequest) -> dict[str, Any]:
+def optional_json(request: IRequest) -> dict[str, Any]:
+    """A body that may be left out (``{}``); when given, JSON as everywhere."""
     body = request.content.read()  # type: ignore[attr-defined]
     return parse_json(body) if body.strip() else {}

@@ -1,11 +1,7 @@
 """``/api/models``: the model list, downloads with live progress, deletion.
 
-A Klein sub-app with routes relative to its mount point; the main admin app checks the
-token, then delegates with a branch route::
-
-    @app.route("/api/models", branch=True, strict_slashes=False)
-    def models(self, request):
-        return self.models_admin.app.resource()
+The operations behind the admin app's ``/api/models`` subroute (``flm.admin.app``, which
+checks the token and turns ``AdminError`` into the one error shape).
 """
 
 from __future__ import annotations
@@ -14,17 +10,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from klein import Klein
-from klein.resource import KleinResource
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from flm.admin.errors import AdminError, error, json_body
+from flm.admin.errors import AdminError, json_body
 from flm.admin.validation import parse_json
 from flm.backends.base import (
     Backend,
@@ -37,29 +28,12 @@ from flm.backends.base import (
 from flm.backends.catalog import ModelCache, iso
 from flm.backends.pulls import PullJobs
 
-log = Logger()
 MAX_BODY = 64 * 1024
 
 
-class _MountableResource(KleinResource):
-    """Klein's resource, also answering ``/`` when mounted at a path without a slash
-    (``/api/models`` leaves no path segment; Werkzeug would not match ``/``)."""
-
-    def render(self, request: IRequest) -> Any:
-        if not request.postpath:  # type: ignore[attr-defined]
-            request.postpath = [b""]  # type: ignore[attr-defined]
-        return super().render(request)
-
-
-class _Klein(Klein):
-    def resource(self) -> KleinResource:
-        return _MountableResource(self)
-
-
 class ModelsAdmin:
-    """Routes for the model list, pulls and deletion; errors via :func:`error`."""
+    """The model list, pulls and deletion; errors are raised as ``AdminError``."""
 
-    app = _Klein()
     heartbeat_s = 15.0
 
     def __init__(self, cache: ModelCache, pulls: PullJobs, backend: Backend,
@@ -70,31 +44,8 @@ class ModelsAdmin:
         self._in_use = in_use
         self._clock = clock if clock is not None else pulls.clock
 
-    # -- errors ------------------------------------------------------------------
-
-    @app.handle_errors(AdminError)
-    def _admin_error(self, request: IRequest, failure: Failure) -> bytes:
-        e = failure.value
-        return error(request, e.status, e.code, e.message)
-
-    @app.handle_errors(NotFound)
-    def _not_found(self, request: IRequest, failure: Failure) -> bytes:
-        return error(request, 404, "not_found", "no such path under /api/models")
-
-    @app.handle_errors(MethodNotAllowed)
-    def _bad_method(self, request: IRequest, failure: Failure) -> bytes:
-        allowed = failure.value.valid_methods or []
-        request.setHeader(b"allow", ", ".join(allowed).encode())
-        return error(request, 405, "method_not_allowed", "that method is not allowed here")
-
-    @app.handle_errors(Exception)
-    def _internal(self, request: IRequest, failure: Failure) -> bytes:
-        log.failure("admin /api/models request failed", failure)
-        return error(request, 500, "internal_error", "an internal error occurred; see the FLM log")
-
     # -- the model list --------------------------------------------------------------
 
-    @app.route("/", methods=["GET"])
     async def list_models(self, request: IRequest) -> bytes:
         try:
             listing = await self._cache.get()
@@ -106,14 +57,12 @@ class ModelsAdmin:
             "models": listing.models, "fetched_at": iso(listing.fetched_at),
             "stale": listing.stale})
 
-    @app.route("/refresh", methods=["POST"])
     async def refresh(self, request: IRequest) -> bytes:
         self._cache.expire()
         return await self.list_models(request)
 
     # -- pulls ------------------------------------------------------------------------
 
-    @app.route("/pull", methods=["POST"])
     def pull(self, request: IRequest) -> bytes:
         self._require_management("download")
         body = _json_object(request)
@@ -130,11 +79,9 @@ class ModelsAdmin:
             raise AdminError(503, "unavailable", str(e))
         return json_body(request, 202, job.state())
 
-    @app.route("/pulls/<job_id>", methods=["GET"])
     def pull_state(self, request: IRequest, job_id: str) -> bytes:
         return json_body(request, 200, self._job(job_id).state())
 
-    @app.route("/pulls/<job_id>/events", methods=["GET"])
     def pull_events(self, request: IRequest, job_id: str) -> Deferred[None]:
         """Server-Sent Events: the current state, each change, the final state, end."""
         self._job(job_id)
@@ -147,13 +94,11 @@ class ModelsAdmin:
 
     # -- one model --------------------------------------------------------------------
 
-    @app.route("/<path:name>", methods=["GET"])
     async def show(self, request: IRequest, name: str) -> bytes:
         self._require_management("describe")
         info = await self._call(self._backend.show(self._known_name(name)), name)
         return json_body(request, 200, info)
 
-    @app.route("/<path:name>", methods=["DELETE"])
     async def delete(self, request: IRequest, name: str) -> bytes:
         self._require_management("delete")
         self._known_name(name)

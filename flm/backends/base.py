@@ -11,7 +11,7 @@ from treq.content import content
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectError, ConnectionLost
 from twisted.internet.interfaces import IReactorTime
-from twisted.web._newclient import (
+from twisted.web.client import (
     RequestTransmissionFailed,
     ResponseFailed,
     ResponseNeverReceived,

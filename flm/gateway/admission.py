@@ -8,10 +8,12 @@ gate (priority with aging). ``queue_timeout_s`` bounds the two waits together.
 from __future__ import annotations
 
 import math
+from collections import deque
 from itertools import count
-from typing import Any, Hashable
+from typing import Hashable
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
+import attrs
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
 
 
@@ -25,76 +27,93 @@ class Refused(Exception):
         self.message = message
 
 
-class _Semaphore(DeferredSemaphore):
-    """A DeferredSemaphore whose limit can change while it is in use.
+class _Waking:
+    """Wakes waiters in a loop that cannot recurse.
 
-    ``release`` wakes waiters only while tokens are positive, so lowering the limit below
-    the number in use admits nobody until enough have left.
+    A waiter's callbacks run inside ``release``; when they release in turn (a request that
+    fails at once), a plain semaphore recurses once per waiter and thousands of waiters
+    finishing together end in ``RecursionError`` (Twisted #9304, ``DeferredSemaphore``).
+    Here a release made while waking only returns the token: the outer loop goes on.
     """
 
-    def set_limit(self, limit: int) -> None:
+    tokens: int
+    _waking = False
+
+    def _wake(self) -> None:
+        if self._waking:
+            return
+        self._waking = True
+        try:
+            while self.tokens > 0 and self._has_waiters():
+                self.tokens -= 1
+                self._pop().callback(None)
+        finally:
+            self._waking = False
+
+    def _has_waiters(self) -> bool:
+        raise NotImplementedError
+
+    def _pop(self) -> Deferred[None]:
+        raise NotImplementedError
+
+
+class ApiGate(_Waking):
+    """At most ``limit`` requests of one API admitted; up to ``max_queue`` more wait, FIFO.
+
+    The limit can change while in use: lowering it below the number admitted admits
+    nobody until enough have left.
+    """
+
+    def __init__(self, limit: int, max_queue: int) -> None:
+        self.limit = limit
+        self.tokens = limit
+        self.max_queue = max_queue
+        self._waiting: deque[Deferred[None]] = deque()
+
+    def set_limits(self, limit: int, max_queue: int) -> None:
+        self.max_queue = max_queue
         self.tokens += limit - self.limit
         self.limit = limit
         self._wake()
 
-    def acquire(self) -> Deferred[Any]:
-        # DeferredSemaphore's asserts tokens >= 0 and admits at once on negative tokens.
-        d: Deferred[Any] = Deferred(canceller=self._cancelAcquire)
-        if self.tokens > 0:
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def in_use(self) -> int:
+        return self.limit - self.tokens
+
+    def check(self) -> bool:
+        """Whether a request arriving now would wait; ``Refused`` if the queue is full."""
+        if self.tokens > 0 and not self._waiting:  # waiters while waking: FIFO
+            return False
+        if len(self._waiting) >= self.max_queue:
+            raise Refused("queue_full", 1, "Too many requests are waiting for this API; "
+                          "retry later.")
+        return True
+
+    def acquire(self) -> Deferred[None]:
+        """A Deferred that fires when admitted (cancel it to leave the queue)."""
+        if not self.check():
             self.tokens -= 1
-            d.callback(self)
-        else:
-            self.waiting.append(d)
+            return succeed(None)
+        d: Deferred[None] = Deferred(self._waiting.remove)
+        self._waiting.append(d)
         return d
 
     def release(self) -> None:
         self.tokens += 1
         self._wake()
 
-    def _wake(self) -> None:
-        while self.tokens > 0 and self.waiting:
-            self.tokens -= 1
-            self.waiting.pop(0).callback(self)
+    def _has_waiters(self) -> bool:
+        return bool(self._waiting)
+
+    def _pop(self) -> Deferred[None]:
+        return self._waiting.popleft()
 
 
-class ApiGate:
-    """At most ``limit`` requests of one API admitted; up to ``max_queue`` more wait, FIFO."""
-
-    def __init__(self, limit: int, max_queue: int) -> None:
-        self._sem = _Semaphore(limit)
-        self.max_queue = max_queue
-
-    def set_limits(self, limit: int, max_queue: int) -> None:
-        self.max_queue = max_queue
-        self._sem.set_limit(limit)
-
-    @property
-    def waiting(self) -> int:
-        return len(self._sem.waiting)
-
-    @property
-    def in_use(self) -> int:
-        return self._sem.limit - self._sem.tokens
-
-    def check(self) -> bool:
-        """Whether a request arriving now would wait; ``Refused`` if the queue is full."""
-        if self._sem.tokens > 0:
-            return False
-        if len(self._sem.waiting) >= self.max_queue:
-            raise Refused("queue_full", 1, "Too many requests are waiting for this API; "
-                          "retry later.")
-        return True
-
-    def acquire(self) -> Deferred[Any]:
-        """A Deferred that fires when admitted (cancel it to leave the queue)."""
-        self.check()
-        return self._sem.acquire()
-
-    def release(self) -> None:
-        self._sem.release()
-
-
-class BackendGate:
+class BackendGate(_Waking):
     """The backend's own concurrency, shared by all APIs.
 
     A waiting request's effective priority is its API's ``priority`` plus one for every
@@ -108,7 +127,7 @@ class BackendGate:
         self._clock = clock
         self._aging_s = aging_s
         self._seq = count()
-        self._waiting: list[tuple[int, float, int, Deferred[Any]]] = []
+        self._waiting: list[tuple[int, float, int, Deferred[None]]] = []
 
     @property
     def waiting(self) -> int:
@@ -128,16 +147,16 @@ class BackendGate:
         self.limit = limit
         self._wake()
 
-    def acquire(self, priority: int = 0) -> Deferred[Any]:
+    def acquire(self, priority: int = 0) -> Deferred[None]:
         if self.tokens > 0 and not self._waiting:
             self.tokens -= 1
             return succeed(None)
-        entry: tuple[int, float, int, Deferred[Any]]
+        entry: tuple[int, float, int, Deferred[None]]
 
-        def cancel(d: Deferred[Any]) -> None:
+        def cancel(d: Deferred[None]) -> None:
             self._waiting.remove(entry)
 
-        d: Deferred[Any] = Deferred(cancel)
+        d: Deferred[None] = Deferred(cancel)
         entry = (priority, self._clock.seconds(), next(self._seq), d)
         self._waiting.append(entry)
         return d
@@ -146,14 +165,60 @@ class BackendGate:
         self.tokens += 1
         self._wake()
 
-    def _wake(self) -> None:
-        while self.tokens > 0 and self._waiting:
-            now = self._clock.seconds()
-            best = max(self._waiting,
-                       key=lambda e: (e[0] + (now - e[1]) / self._aging_s, -e[2]))
-            self._waiting.remove(best)
-            self.tokens -= 1
-            best[3].callback(None)
+    def _has_waiters(self) -> bool:
+        return bool(self._waiting)
+
+    def _pop(self) -> Deferred[None]:
+        now = self._clock.seconds()
+        best = max(self._waiting, key=lambda e: (e[0] + (now - e[1]) / self._aging_s, -e[2]))
+        self._waiting.remove(best)
+        return best[3]
+
+
+class QueueTimeout(Exception):
+    """``queue_timeout_s`` passed while waiting; the message says for which gate."""
+
+
+@attrs.define(eq=False)
+class Ticket:
+    """Both slots held: ``release`` gives them back, once, however often it is called."""
+
+    _api: ApiGate
+    _backend: BackendGate
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._backend.release()
+            self._api.release()
+
+
+async def admit(api: ApiGate, backend: BackendGate, clock: IReactorTime, *,
+                priority: int, deadline: float) -> Ticket:
+    """The proxy's admission: the API's slot (FIFO), then the backend's (priority), both
+    by ``deadline``.
+
+    Raises ``Refused`` (queue full) or ``QueueTimeout``; cancelling the wait leaves the
+    queues. Whatever way it fails, it holds nothing afterwards; on success the caller
+    holds a ``Ticket`` and must release it.
+    """
+    d = api.acquire()  # Refused: nothing taken
+    try:
+        if not d.called:
+            await d.addTimeout(max(0.0, deadline - clock.seconds()), clock)
+    except TimeoutError:
+        raise QueueTimeout("Timed out waiting in the queue.") from None
+    try:
+        d = backend.acquire(priority)
+        if not d.called:
+            await d.addTimeout(max(0.0, deadline - clock.seconds()), clock)
+    except BaseException as e:
+        api.release()
+        if isinstance(e, TimeoutError):
+            raise QueueTimeout("Timed out waiting for the backend.") from None
+        raise
+    return Ticket(api, backend)
 
 
 class QueuedBytes:

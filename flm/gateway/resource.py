@@ -16,7 +16,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from flm.backends.base import BackendError, BackendUnavailable, ModelNotFound
 from flm.gateway import discovery
-from flm.gateway.admission import BackendGate, QueuedBytes, Refused
+from flm.gateway.admission import BackendGate, QueuedBytes, QueueTimeout, Refused, Ticket, admit
 from flm.gateway.errors import error_body
 from flm.gateway.headers import copy_response_headers, upstream_headers
 from flm.gateway.keys import refusal_headers
@@ -78,7 +78,7 @@ class ProxyResource(Resource):
         if failure.check(CancelledError):
             return
         log.failure("proxy request failed", failure)
-        if not request._disconnected and not request.finished:
+        if not request.gone and not request.finished:
             if not request.startedWriting:
                 self._send_error(request, "backend_error", "Internal error in the gateway.")
             else:
@@ -130,7 +130,7 @@ class ProxyResource(Resource):
         finally:
             rt.in_flight -= 1
         now = self.up.clock.seconds()
-        if request._disconnected and error is None:
+        if request.gone and error is None:
             error = "client_closed"
         error = getattr(request, "cut_reason", None) or error  # cut by a stop: shutting_down
         key = request.key
@@ -196,15 +196,14 @@ class ProxyResource(Resource):
         up.queued.take(held)
         timing.queued = up.clock.seconds()
         try:
-            await self._admit(request, config)
+            ticket = await self._admit(request, config)
         finally:
             up.queued.give(held)
         try:
             timing.admitted = up.clock.seconds()
             return await self._exchange(request, config, body, usage_filter, timing)
         finally:
-            up.gate.release()
-            rt.gate.release()
+            ticket.release()
 
     async def _discover(self, request: Any, config: Any, timing: "Timing"
                         ) -> tuple[int, str | None]:
@@ -244,29 +243,16 @@ class ProxyResource(Resource):
         timing.bytes_out = len(body)
         return self._send_bytes(request, 200, body), None
 
-    async def _admit(self, request: Any, config: Any) -> None:
+    async def _admit(self, request: Any, config: Any) -> Ticket:
         """Wait for the API's slot, then the backend's, within ``queue_timeout_s`` in all."""
-        rt, clock = self.runtime, self.up.clock
-        deadline = request.arrived + config.queue_timeout_s
         try:
-            d = rt.gate.acquire()
+            return await admit(self.runtime.gate, self.up.gate, self.up.clock,
+                               priority=config.priority,
+                               deadline=request.arrived + config.queue_timeout_s)
         except Refused as r:
             raise self._fail(request, r.code, r.message, r.retry_after) from None
-        try:
-            if not d.called:
-                await d.addTimeout(max(0.0, deadline - clock.seconds()), clock)
-        except TimeoutError:
-            raise self._fail(request, "queue_timeout", "Timed out waiting in the queue.") from None
-        try:
-            d = self.up.gate.acquire(config.priority)
-            if not d.called:
-                await d.addTimeout(max(0.0, deadline - clock.seconds()), clock)
-        except BaseException as e:
-            rt.gate.release()
-            if isinstance(e, TimeoutError):
-                raise self._fail(request, "queue_timeout",
-                                 "Timed out waiting for the backend.") from None
-            raise
+        except QueueTimeout as e:
+            raise self._fail(request, "queue_timeout", str(e)) from None
 
     async def _exchange(self, request: Any, config: Any, body: bytes | None,
                         usage_filter: UsageChunkFilter | None, timing: "Timing") -> tuple[int, str | None]:
@@ -305,9 +291,9 @@ class ProxyResource(Resource):
         except CancelledError:
             raise
         except Exception:
-            error = "client_closed" if request._disconnected else (
+            error = "client_closed" if request.gone else (
                 getattr(request, "cut_reason", None) or relay.error)
-            if not request._disconnected:
+            if not request.gone:
                 self._cut(request, error)
         finally:
             # Also for a client that hung up: the row says what it was sent.
@@ -315,7 +301,7 @@ class ProxyResource(Resource):
             timing.last_byte = clock.seconds()
             timing.bytes_out = relay.bytes_out
             timing.prompt_tokens, timing.completion_tokens = usage_from_tail(relay.tail)
-        if not request._disconnected and not request.finished:
+        if not request.gone and not request.finished:
             request.finish()
         return response.code, error
 
@@ -331,7 +317,7 @@ class ProxyResource(Resource):
         else:
             # Anything else is cut short, so the client cannot take it for complete.
             request.transport.abortConnection()
-            request._disconnected = True
+            request.gone = True
 
 
 CUT_MESSAGES = {"shutting_down": "The gateway is shutting down; the stream was cut."}
