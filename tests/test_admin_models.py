@@ -254,7 +254,8 @@ class AdminTests(AdminCase):
     def test_a_delete_whose_client_hangs_up_still_deletes_and_expires_the_cache(self) -> None:
         self.call("GET", "")  # the cache holds both models
         self.fake.hold_deletes = True
-        d = self.client.delete(self.base + "llama3.2:latest")
+        d = self.client.delete(self.base + "llama3.2:latest",
+                               headers={"Authorization": f"Bearer {TOKEN}"})
         self.flush()
         self.assertEqual(len(self.fake.held), 1)  # the backend is deleting
         d.cancel()  # the admin client hangs up

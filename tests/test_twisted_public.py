@@ -36,7 +36,9 @@ for _name in LIBRARY_MODULES:
 
 
 def _flm_modules() -> list[str]:
-    return [m.name for m in pkgutil.walk_packages(flm.__path__, "flm.")]
+    # ``__main__`` modules run a program when imported: read, never imported.
+    return [m.name for m in pkgutil.walk_packages(flm.__path__, "flm.")
+            if not m.name.endswith(".__main__")]
 
 
 def _violations(module_name: str) -> list[str]:
