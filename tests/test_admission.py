@@ -502,3 +502,29 @@ class ManyWaitersTests(SynchronousTestCase):
         holder.release()
         self.assertEqual(order, list(range(self.N)))
         self.assertEqual((api.in_use, api.waiting, backend.in_use, backend.waiting), (0, 0, 0, 0))
+
+
+class ClosingTests(SynchronousTestCase):
+    """At stop, what has not reached the backend never will: waiters and newcomers are
+    refused with ``shutting_down``, and nothing stays held."""
+
+    def test_closing_refuses_waiters_and_newcomers_and_holds_nothing(self) -> None:
+        clock = Clock()
+        api, backend = ApiGate(1, 10), BackendGate(1, clock)
+        first = self.successResultOf(Deferred.fromCoroutine(
+            admit(api, backend, clock, priority=0, deadline=60)))
+        queued = Deferred.fromCoroutine(admit(api, backend, clock, priority=0, deadline=60))
+        other_api = ApiGate(1, 10)  # its API slot taken, waiting for the backend
+        at_backend = Deferred.fromCoroutine(
+            admit(other_api, backend, clock, priority=0, deadline=60))
+        self.assertNoResult(queued)
+        self.assertNoResult(at_backend)
+        api.close()
+        backend.close()
+        for d in (queued, at_backend):
+            self.assertEqual(self.failureResultOf(d, Refused).value.code, "shutting_down")
+        self.assertEqual((api.waiting, backend.waiting, other_api.in_use), (0, 0, 0))
+        self.assertRaises(Refused, api.acquire)
+        self.assertRaises(Refused, backend.acquire)
+        first.release()  # the request at the backend finishes as usual
+        self.assertEqual((api.in_use, backend.in_use), (0, 0))

@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 
 
 class Refused(Exception):
-    """Refused at once: ``code`` is ``queue_full`` or ``rate_limited``."""
+    """Refused: ``code`` is ``queue_full``, ``rate_limited`` or ``shutting_down``."""
 
     def __init__(self, code: str, retry_after: int, message: str) -> None:
         super().__init__(message)
@@ -38,6 +38,20 @@ class _Waking:
 
     tokens: int
     _waking = False
+    #: Set by ``close``: every acquire is refused with it (the service is stopping).
+    closed: Refused | None = None
+
+    def close(self) -> None:
+        """Refuse every waiter now and every request from now on: FLM is stopping, and a
+        request that has not reached the backend yet must not be sent there."""
+        self.closed = Refused("shutting_down", 5, "The gateway is shutting down; retry "
+                              "in a moment (or on another instance).")
+        for d in self._take_all():
+            d.errback(self.closed)
+
+    def _refuse_if_closed(self) -> None:
+        if self.closed is not None:
+            raise self.closed
 
     def _wake(self) -> None:
         if self._waking:
@@ -54,6 +68,9 @@ class _Waking:
         raise NotImplementedError
 
     def _pop(self) -> Deferred[None]:
+        raise NotImplementedError
+
+    def _take_all(self) -> list[Deferred[None]]:
         raise NotImplementedError
 
 
@@ -86,6 +103,7 @@ class ApiGate(_Waking):
 
     def check(self) -> bool:
         """Whether a request arriving now would wait; ``Refused`` if the queue is full."""
+        self._refuse_if_closed()
         if self.tokens > 0 and not self._waiting:  # waiters while waking: FIFO
             return False
         if len(self._waiting) >= self.max_queue:
@@ -111,6 +129,11 @@ class ApiGate(_Waking):
 
     def _pop(self) -> Deferred[None]:
         return self._waiting.popleft()
+
+    def _take_all(self) -> list[Deferred[None]]:
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        return waiting
 
 
 class BackendGate(_Waking):
@@ -148,6 +171,7 @@ class BackendGate(_Waking):
         self._wake()
 
     def acquire(self, priority: int = 0) -> Deferred[None]:
+        self._refuse_if_closed()
         if self.tokens > 0 and not self._waiting:
             self.tokens -= 1
             return succeed(None)
@@ -173,6 +197,11 @@ class BackendGate(_Waking):
         best = max(self._waiting, key=lambda e: (e[0] + (now - e[1]) / self._aging_s, -e[2]))
         self._waiting.remove(best)
         return best[3]
+
+    def _take_all(self) -> list[Deferred[None]]:
+        waiting = [entry[3] for entry in self._waiting]
+        self._waiting.clear()
+        return waiting
 
 
 class QueueTimeout(Exception):

@@ -19,6 +19,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "budget_exceeded": (429, "rate_limit_error"),
     "queue_timeout": (503, "server_error"),
     "api_unavailable": (503, "server_error"),
+    "shutting_down": (503, "server_error"),
     "backend_unavailable": (502, "server_error"),
     "backend_error": (502, "server_error"),
     "backend_timeout": (504, "server_error"),

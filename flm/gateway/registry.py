@@ -275,6 +275,11 @@ class Registry(Service):
         ends the response cleanly; whatever is left is then reset."""
         runtimes = list(self.runtimes.values())
         self.runtimes.clear()
+        # What has not reached the backend yet never will: queued requests (and any that
+        # arrive on open connections) are answered 503 shutting_down now.
+        for rt in runtimes:
+            rt.gate.close()
+        self.upstream.gate.close()
         waiting = sum(rt.in_flight for rt in runtimes)
         if waiting:
             log.info("stopping: waiting for {n} request{s} to finish (at most {grace:g} s)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable
 
 import httpx
@@ -37,3 +38,37 @@ def test_a_stream_cut_at_the_grace_period_gets_shutting_down(
                     "the log row")
     row = next(r for r in rows if r["request_id"] == "long-sse")
     assert row["error"] == "shutting_down", row
+
+
+def test_a_queued_request_is_refused_at_stop_and_never_sent(
+        gateway_factory: Callable[..., Gateway]) -> None:
+    """The newcomer's case: one stream at the backend, one queued behind it; SIGTERM.
+    The queued one is answered 503 shutting_down at once and never reaches the backend."""
+    gw = gateway_factory(settings={"grace_period_s": 3})
+    api = gw.create_api(max_concurrent=1)
+    headers = {"Authorization": f"Bearer {api['key']}", "X-Fake-Chunks": "8",
+               "X-Fake-Interval": "0.2"}
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+
+    def stream() -> list[str]:
+        with httpx.stream("POST", f"{api_url(api)}/v1/chat/completions", json=body,
+                          headers=headers, timeout=15) as response:
+            return list(response.iter_lines())
+
+    def queued() -> httpx.Response:
+        return httpx.post(f"{api_url(api)}/v1/chat/completions", json=body,
+                          headers={**headers, "X-Request-Id": "queued"}, timeout=15)
+
+    first = Background(stream)
+    wait_for(lambda: gw.fake.stats()["in_flight"] == 1, 5, "the stream at the fake")
+    second = Background(queued)
+    wait_for(lambda: gw.admin("GET", "/api/system").json()["queue_depth"][api["name"]] == 1,
+             5, "the second request queued")
+    gw.proc.send_signal(signal.SIGTERM)
+    answer = second.result()
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"]["code"] == "shutting_down", answer.text
+    assert answer.headers.get("retry-after"), answer.headers
+    first.result()  # the stream at the backend finishes within the grace period
+    assert gw.fake.stats()["by_path"].get("/v1/chat/completions") == 1, gw.fake.stats()
+    gw.stop()
