@@ -588,3 +588,32 @@ class ShowUpdateTests(AdminTestCase):
         self.assertEqual(body["error"]["code"], "method_not_allowed")
         status, body, _ = self.call("GET", "/api/apis/chat/start")
         self.assertEqual(status, 405)
+
+
+class ActionBodyTests(AdminTestCase):
+    """Start, stop and delete take no fields: no body or ``{}``; anything else is refused
+    before anything happens (the newcomer's ``POST .../stop`` with ``garbage`` stopped it)."""
+
+    def test_a_body_that_is_not_json_is_a_400_and_changes_nothing(self) -> None:
+        api = self.create()
+        for action in ("stop", "start"):
+            self.assert_error(self.call("POST", f"/api/apis/chat/{action}", raw=b"garbage"),
+                              400, "invalid_json")
+        self.assert_error(self.call("DELETE", "/api/apis/chat", raw=b"garbage"), 400,
+                          "invalid_json")
+        self.assertEqual(self.call("GET", "/api/apis/chat")[1]["status"], api["status"])
+
+    def test_a_field_is_unknown(self) -> None:
+        self.create()
+        self.assert_error(self.call("POST", "/api/apis/chat/stop", {"force": True}), 422,
+                          "unknown_field", "force")
+
+    def test_no_body_or_an_empty_object_works(self) -> None:
+        self.create()
+        self.assertEqual(self.call("POST", "/api/apis/chat/stop")[0], 200)
+        self.assertEqual(self.call("POST", "/api/apis/chat/start", {})[0], 200)
+
+    def test_health_answers_get_and_head_only(self) -> None:
+        status, _, headers = self.call("DELETE", "/health", token=None)
+        self.assertEqual(status, 405)
+        self.assertIn(b"GET", headers.getRawHeaders(b"allow")[0])

@@ -486,11 +486,6 @@ class HeaderTests(ProxyTestCase):
 
 
 class ForwardTests(ProxyTestCase):
-    # Fails: ``copy_response_headers`` reads Content-Length from ``response.headers``, where
-    # Twisted's Agent never puts it (a connection-control header); ``response.length`` has
-    # it. Every non-streaming answer reaches the client chunked. Fix in flm/gateway.
-    @pytest.mark.xfail(strict=True, reason="flm/gateway/headers.py: Content-Length is in "
-                       "response.length, never in response.headers")
     def test_non_streaming_answer_and_its_log_row(self) -> None:
         protocol, transport = self.send(http("POST", "/v1/chat/completions", CHAT,
                                              headers={"X-Request-Id": "r1"}))
@@ -559,11 +554,6 @@ class ForwardTests(ProxyTestCase):
         self.assertEqual((response.status, response.json), (404, {"error": "model not found"}))
         self.assertEqual(self.row()["status"], 404)
 
-    # Fails: cancelling a real Agent request gives ``ResponseNeverReceived([CancelledError])``,
-    # not ``CancelledError``: ``_exchange`` takes it for "backend_unavailable" and finishes
-    # a request whose client is gone (RuntimeError, no log row). Fix in flm/gateway.
-    @pytest.mark.xfail(strict=True, reason="flm/gateway/resource.py: a cancelled Agent request "
-                       "fails with ResponseNeverReceived, not CancelledError")
     def test_client_hang_up_cancels_the_upstream(self) -> None:
         protocol, transport = self.send(http("POST", "/v1/chat/completions", CHAT))
         call = self.backend.calls[0]

@@ -18,9 +18,9 @@ from werkzeug.exceptions import HTTPException
 from flm import keys
 from flm.admin.apis import Apis
 from flm.admin.errors import AdminError, error, json_body
-from flm.admin.keys import grace_of, optional_json
+from flm.admin.keys import grace_of
 from flm.admin.observe import PROMETHEUS_CONTENT_TYPE
-from flm.admin.validation import page_limit, parse_json
+from flm.admin.validation import no_fields, optional_json, page_limit, parse_json
 from flm.http.edge import GuardedSite
 from flm.http.request import BoundedRequest
 
@@ -152,7 +152,7 @@ class AdminApp:
 
     # routes
 
-    @app.route("/health", public=True)
+    @app.route("/health", methods=["GET", "HEAD"], public=True)
     async def health(self, request: Any) -> bytes:
         status, body = await self._health()
         return json_body(request, status, body)
@@ -180,6 +180,7 @@ class AdminApp:
 
     @app.route("/api/apis/<ref>", methods=["DELETE"])
     def delete_api(self, request: Any, ref: str) -> Any:
+        no_fields(optional_json(request))
 
         async def delete() -> bytes:
             await self.apis.delete(ref)
@@ -189,10 +190,12 @@ class AdminApp:
 
     @app.route("/api/apis/<ref>/start", methods=["POST"])
     def start_api(self, request: Any, ref: str) -> Any:
+        no_fields(optional_json(request))
         return shield(self._json(request, 200, self.apis.start(ref)))
 
     @app.route("/api/apis/<ref>/stop", methods=["POST"])
     def stop_api(self, request: Any, ref: str) -> Any:
+        no_fields(optional_json(request))
 
         async def stop() -> dict[str, Any]:
             return (await self.apis.stop(ref)).public()

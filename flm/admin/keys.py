@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
 
 from flm import keys
 from flm.admin.errors import AdminError
 from flm.admin.observe import parse_time
-from flm.admin.validation import NAME, _int, _pattern, invalid, parse_json
+from flm.admin.validation import NAME, _int, _pattern, invalid, unknown_field
 from flm.records import ApiRecord, KeyRecord, utc_iso
 from flm.store import Conflict
 
@@ -50,7 +49,7 @@ def validate_key(payload: dict[str, Any], create: bool) -> dict[str, Any]:
     for field, value in payload.items():
         check = FIELDS.get(field)
         if check is None:
-            raise AdminError(422, "unknown_field", f"{str(field)[:64]}: unknown field")
+            raise unknown_field(field)
         out[field] = check(field, value)
     if create and "name" not in out:
         raise invalid("name", "is required")
@@ -60,7 +59,7 @@ def validate_key(payload: dict[str, Any], create: bool) -> dict[str, Any]:
 def grace_of(payload: dict[str, Any]) -> float:
     for field in payload:
         if field != "grace_s":
-            raise AdminError(422, "unknown_field", f"{str(field)[:64]}: unknown field")
+            raise unknown_field(field)
     grace = payload.get("grace_s", 0)
     if isinstance(grace, bool) or not isinstance(grace, (int, float)) \
             or not 0 <= grace <= MAX_GRACE_S:
@@ -163,9 +162,3 @@ class Keys:
             "key_hash": keys.hash_key(secret), "prefix": keys.key_prefix(secret), **grace})
         await self._push(api.id)
         return api, {**self.public(key), "key": secret}
-
-
-def optional_json(request: IRequest) -> dict[str, Any]:
-    """A body that may be left out (``{}``); when given, JSON as everywhere."""
-    body = request.content.read()  # type: ignore[attr-defined]
-    return parse_json(body) if body.strip() else {}

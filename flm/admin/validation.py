@@ -120,6 +120,22 @@ def parse_json(body: bytes) -> dict[str, Any]:
     return value
 
 
+def optional_json(request: Any) -> dict[str, Any]:
+    """A body that may be left out (``{}``); when given, JSON as everywhere."""
+    body = request.content.read()
+    return parse_json(body) if body.strip() else {}
+
+
+def unknown_field(field: object) -> AdminError:
+    return AdminError(422, "unknown_field", f"{str(field)[:64]}: unknown field")
+
+
+def no_fields(payload: dict[str, Any]) -> None:
+    """An action (start, stop, delete) takes no fields: a body, if any, is ``{}``."""
+    for field in payload:
+        raise unknown_field(field)
+
+
 def _bad_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed")
 
@@ -132,7 +148,7 @@ def _check(payload: dict[str, Any], allowed: dict[str, Callable[[str, Any], Any]
             raise invalid("id", "cannot be changed")
         check = allowed.get(field)
         if check is None:
-            raise AdminError(422, "unknown_field", f"{str(field)[:64]}: unknown field")
+            raise unknown_field(field)
         out[field] = check(field, value)
     return out
 

@@ -37,14 +37,14 @@ def upstream_headers(incoming: Headers, request_id: bytes) -> Headers:
     return out
 
 
-def copy_response_headers(upstream: Headers, request: object, keep_length: bool) -> None:
-    """Copy the backend's response headers onto the client response."""
+def copy_response_headers(upstream: Headers, request: object, length: object) -> None:
+    """Copy the backend's response headers onto the client response; ``length`` is the
+    body's length to announce (``response.length``: Twisted's client keeps Content-Length
+    out of ``headers``), or None / ``UNKNOWN_LENGTH`` for a chunked answer."""
     drop = _NOT_RETURNED | _connection_listed(upstream)
     set_raw = request.responseHeaders.setRawHeaders  # type: ignore[attr-defined]
     for name, values in upstream.getAllRawHeaders():
         if name.lower() not in drop:
             set_raw(name, values)
-    if keep_length:
-        length = upstream.getRawHeaders(b"content-length")
-        if length:
-            set_raw(b"content-length", length[-1:])
+    if isinstance(length, int):
+        set_raw(b"content-length", [b"%d" % length])

@@ -271,12 +271,15 @@ class ProxyResource(Resource):
         except CancelledError:
             raise
         except Exception as e:
+            if request.gone:  # the client left: Agent reports the cancel as its own failure
+                raise CancelledError() from None
             log.info("backend unavailable: {e!r}", e=e)
             raise self._fail(request, "backend_unavailable",
                              "The model backend cannot be reached.") from None
         headers_at = clock.seconds()
         request.setResponseCode(response.code, response.phrase)
-        copy_response_headers(response.headers, request, keep_length=usage_filter is None)
+        copy_response_headers(response.headers, request,
+                              length=response.length if usage_filter is None else None)
         # FLM's own time is everything so far that was neither queueing nor the backend.
         queue = (timing.admitted - timing.queued) * 1000.0
         upstream = (headers_at - timing.sent) * 1000.0
