@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -330,90 +329,3 @@ class MountedTests(AdminCase):
         assert events.states()[-1]["status"] == "error"
         assert "stopping" in events.states()[-1]["error"]
         assert events.ended is not None
-
-
-LOOPBACK_SERVER = '''
-import json
-from treq.client import HTTPClient
-from twisted.internet import endpoints, reactor
-from twisted.web.client import Agent
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
-from flm.admin.app import AdminApp
-from flm.admin.app import AdminApp
-from flm.admin.models import ModelsAdmin
-from flm.backends import make_backend
-from flm.backends.catalog import ModelCache
-from flm.backends.pulls import PullJobs
-
-LINES = [{"status": "pulling manifest"}] + [
-    {"status": "pulling 6a0746a1ec1a", "digest": "sha256:6a07", "total": 1000, "completed": c}
-    for c in range(0, 1001, 250)] + [{"status": s} for s in (
-        "verifying sha256 digest", "writing manifest", "success")]
-
-class FakeOllama(Resource):
-    isLeaf = True
-    def render(self, request):
-        if request.path == b"/api/tags":
-            return b'{"models": [{"name": "llama3.2:latest"}]}'
-        lines = list(LINES)
-        def step():
-            request.write(json.dumps(lines.pop(0)).encode() + b"\\n")
-            reactor.callLater(0.02, step) if lines else request.finish()
-        step()
-        return NOT_DONE_YET
-
-def up(port):
-    url = "http://127.0.0.1:%d" % port.getHost().port
-    backend = make_backend("ollama", url, HTTPClient(Agent(reactor)), reactor)
-    cache = ModelCache(backend, reactor)
-    pulls = PullJobs(backend, reactor, on_change=lambda job: cache.expire())
-    admin = AdminApp(token="admin-token", apis=None, health=None,
-                     models=ModelsAdmin(cache, pulls, backend, lambda name: False))
-    return endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        Site(admin.resource()))
-
-d = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(FakeOllama()))
-d.addCallback(up).addCallback(lambda port: print(port.getHost().port, flush=True))
-reactor.run()
-'''
-
-
-def test_sse_end_to_end_on_loopback(tmp_path: Any) -> None:
-    """The real reactor, real sockets: a fake Ollama, the admin app, an SSE reader."""
-    import os
-    import subprocess
-    import sys
-    import urllib.request
-
-    script = tmp_path / "server.py"
-    script.write_text(LOOPBACK_SERVER)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                            env=env)
-    urlopen = urllib.request.build_opener(urllib.request.ProxyHandler({})).open
-    try:
-        base = f"http://127.0.0.1:{int(proc.stdout.readline())}/api/models"  # type: ignore
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        req = urllib.request.Request(base + "/pull", data=b'{"name": "llama3.2"}',
-                                     method="POST", headers=auth)
-        with urlopen(req, timeout=10) as resp:
-            assert resp.status == 202
-            job = json.load(resp)["job"]
-        states = []
-        with urlopen(urllib.request.Request(f"{base}/pulls/{job}/events", headers=auth),
-                     timeout=10) as resp:
-            assert resp.headers["content-type"].startswith("text/event-stream")
-            for line in resp:  # ends when the server closes the stream
-                if line.startswith(b"data: "):
-                    states.append(json.loads(line[6:]))
-        assert states[-1]["status"] == "done" and states[-1]["percent"] == 100.0
-        assert states[-1]["total"] == 1000 and states[-1]["status_line"] == "success"
-        assert all(s["status"] == "running" for s in states[:-1])
-        with urlopen(urllib.request.Request(base, headers=auth), timeout=10) as resp:
-            assert json.load(resp)["models"][0]["name"] == "llama3.2:latest"
-    finally:
-        proc.kill()
-        proc.wait()
