@@ -317,7 +317,7 @@ class ApisPage {
     const busy = this.pending.has(api.id);
     const running = api.status === "running";
     const label = busy ? (running ? "Stopping…" : "Starting…") : running ? "Stop" : "Start";
-    return h("div", { class: "vrow", role: "row", style: `top:${(i + 1) * ROW_H}px`, "data-id": api.id },
+    return h("div", { class: "vrow", role: "row", style: `top:${i * ROW_H}px`, "data-id": api.id },
       h("span", { role: "cell" }, h("a", { href: `#/apis/${api.id}` }, api.name)),
       h("span", { role: "cell" }, busy ? badge(running ? "stopping" : "starting", "pending") : badge(api.status)),
       h("span", { role: "cell", class: "wide", title: api.model }, api.model),
@@ -458,7 +458,7 @@ class ApiPage {
     this.off = app.events.on((type, e) => this.onEvent(type, e));
     this.load();
   }
-  close() { this.off(); clearInterval(this.timer); }
+  close() { this.off(); clearInterval(this.timer); clearTimeout(this.chartTimer); }
   refresh() { this.load(); }
 
   async load() {
@@ -651,6 +651,7 @@ class ApiPage {
     if (!this.api) return;
     if (type === "log" && e.api_id === this.api.id && this.matches(e)) {
       this.logBody.prepend(this.logRow(e));
+      if (!this.chartTimer) this.chartTimer = setTimeout(() => { this.chartTimer = null; this.loadCharts(); }, 5000);
       while (this.logBody.children.length > 500) this.logBody.lastChild.remove();
     } else if (type === "api" && e.api.id === this.api.id) {
       if (e.action === "deleted") { app.error(`API ${this.api.name} was deleted.`); location.hash = "#/apis"; return; }
@@ -678,16 +679,16 @@ class ApiPage {
     const t0 = Date.parse(m.since), t1 = Date.parse(m.until);
     const series = (f) => m.buckets.map((b) => [Date.parse(b.start) || b.start * 1000, f(b)]);
     this.charts.replaceChildren(
-      chart("Requests / min", series((b) => b.request_count / per), t0, t1, ""),
-      chart("p95 latency", series((b) => b.p95_response_ms), t0, t1, " ms"),
-      chart("p95 time to first byte", series((b) => b.p95_ttfb_ms), t0, t1, " ms"),
-      chart("Tokens / min", series((b) => ((b.prompt_tokens || 0) + (b.completion_tokens || 0)) / per), t0, t1, ""),
-      chart("Error rate", series((b) => 100 * b.error_rate), t0, t1, " %"));
+      chart("Requests / min", series((b) => b.request_count / per), t0, t1, "", m.bucket_s * 1000),
+      chart("p95 latency", series((b) => b.p95_response_ms), t0, t1, " ms", m.bucket_s * 1000),
+      chart("p95 time to first byte", series((b) => b.p95_ttfb_ms), t0, t1, " ms", m.bucket_s * 1000),
+      chart("Tokens / min", series((b) => ((b.prompt_tokens || 0) + (b.completion_tokens || 0)) / per), t0, t1, "", m.bucket_s * 1000),
+      chart("Error rate", series((b) => 100 * b.error_rate), t0, t1, " %", m.bucket_s * 1000));
   }
 }
 
-/** A small SVG line chart (points only where there were requests). */
-function chart(title, points, t0, t1, unit) {
+/** A small SVG bar chart, one bar per bucket of the rollups. */
+function chart(title, points, t0, t1, unit, bucketMs) {
   const NS = "http://www.w3.org/2000/svg";
   const W = 300, H = 110, L = 34, B = 16;
   const svg = document.createElementNS(NS, "svg");
@@ -702,10 +703,15 @@ function chart(title, points, t0, t1, unit) {
   const top = el("text", { x: 2, y: 12 }); top.textContent = fmtNum(max, 1); svg.append(top);
   const x = (t) => L + (W - L) * Math.min(1, Math.max(0, (t - t0) / Math.max(1, t1 - t0)));
   const y = (v) => (H - B) - (H - B - 6) * (v / max);
-  const pts = points.filter((p) => p[1] !== null && p[1] !== undefined).map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`);
-  if (pts.length === 1) svg.append(el("circle", { cx: pts[0].split(",")[0], cy: pts[0].split(",")[1], r: 2.5, fill: "currentColor" }));
-  else if (pts.length) svg.append(el("polyline", { class: "line", points: pts.join(" ") }));
-  else { const t = el("text", { x: L + 8, y: H / 2 }); t.textContent = "no requests in this range"; svg.append(t); }
+  // One bar per bucket: buckets exist only where there were requests, so bars show gaps.
+  const bw = Math.max(2, (W - L) * bucketMs / Math.max(1, t1 - t0) - 1);
+  const drawn = points.filter((p) => p[1] !== null && p[1] !== undefined);
+  for (const [t, v] of drawn) {
+    const top = y(v);
+    svg.append(el("rect", { class: "bar", x: Math.min(W - bw, x(t)).toFixed(1), y: top.toFixed(1), width: bw.toFixed(1),
+      height: Math.max(1, H - B - top).toFixed(1) }));
+  }
+  if (!drawn.length) { const t = el("text", { x: L + 8, y: H / 2 }); t.textContent = "no requests in this range"; svg.append(t); }
   return h("figure", { class: "chart" }, h("h3", {}, title), svg);
 }
 
