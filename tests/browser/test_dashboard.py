@@ -199,6 +199,7 @@ def test_a_killed_backend_goes_down(gateway_factory: Any, new_page: Any) -> None
 def test_works_behind_a_reverse_proxy_under_a_sub_path(gateway: Gateway, new_page: Any) -> None:
     port = free_port()
     requests: list[str] = []
+    page = None
     proxy = subprocess.Popen([sys.executable, "-m", "tests.browser.subpath_proxy", str(port),
                               str(gateway.admin_port)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -215,8 +216,9 @@ def test_works_behind_a_reverse_proxy_under_a_sub_path(gateway: Gateway, new_pag
         assert page.url.startswith(f"http://127.0.0.1:{port}/flm/")
         reply = chat(api, api["key"])
         expect(page.get_by_text(reply.headers["x-request-id"])).to_be_visible()
-        page.close()  # before the proxy goes: its open event stream would be cut
     finally:
+        if page is not None:
+            page.close()  # before the proxy goes: its open event stream would be cut
         proxy.terminate()
         proxy.wait(10)
 

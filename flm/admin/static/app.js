@@ -454,6 +454,7 @@ class ApiPage {
     this.ref = ref;
     this.logFilter = { status: "", key: "" };
     this.range = 3600;
+    this.early = []; // log events that arrive while the log's first page loads
     this.el = h("section", {}, h("p", { class: "note" }, "Loading…"));
     this.off = app.events.on((type, e) => this.onEvent(type, e));
     this.load();
@@ -633,12 +634,26 @@ class ApiPage {
     if (this.logFilter.status) q.set("status", this.logFilter.status);
     if (this.logFilter.key) q.set("key", this.logFilter.key);
     if (older && this.cursor) q.set("cursor", this.cursor);
+    if (!older) this.logsReady = false;
     const page = await attempt(() => call("GET", `api/apis/${this.api.id}/logs?${q}`));
-    if (!page) return;
+    if (!page) { this.logsReady = true; return; }
     this.cursor = page.next_cursor;
     this.more.hidden = !this.cursor;
     const rows = page.items.map((r) => this.logRow(r));
-    if (older) this.logBody.append(...rows); else this.logBody.replaceChildren(...rows);
+    if (older) { this.logBody.append(...rows); return; }
+    this.logBody.replaceChildren(...rows);
+    // Rows that arrived meanwhile: those not yet written are not in the page.
+    const have = new Set(page.items.map((r) => r.request_id));
+    for (const e of this.early) if (!have.has(e.request_id)) this.onLog(e);
+    this.early = [];
+    this.logsReady = true;
+  }
+
+  onLog(e) {
+    if (e.api_id !== this.api.id || !this.matches(e)) return;
+    this.logBody.prepend(this.logRow(e));
+    if (!this.chartTimer) this.chartTimer = setTimeout(() => { this.chartTimer = null; this.loadCharts(); }, 5000);
+    while (this.logBody.children.length > 500) this.logBody.lastChild.remove();
   }
 
   matches(r) {
@@ -648,12 +663,14 @@ class ApiPage {
   }
 
   onEvent(type, e) {
+    if (type === "log" && !this.logsReady) {
+      this.early.push(e);
+      if (this.early.length > 500) this.early.shift();
+      return;
+    }
     if (!this.api) return;
-    if (type === "log" && e.api_id === this.api.id && this.matches(e)) {
-      this.logBody.prepend(this.logRow(e));
-      if (!this.chartTimer) this.chartTimer = setTimeout(() => { this.chartTimer = null; this.loadCharts(); }, 5000);
-      while (this.logBody.children.length > 500) this.logBody.lastChild.remove();
-    } else if (type === "api" && e.api.id === this.api.id) {
+    if (type === "log") this.onLog(e);
+    else if (type === "api" && e.api.id === this.api.id) {
       if (e.action === "deleted") { app.error(`API ${this.api.name} was deleted.`); location.hash = "#/apis"; return; }
       if (!this.busy) { this.api = e.api; this.drawHeader(); }
     } else if (type === "key" && e.api_id === this.api.id) { this.loadKeys(); }
