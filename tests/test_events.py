@@ -15,6 +15,7 @@ from twisted.web.server import Site
 
 from flm.admin.app import AdminApp
 from flm.admin.events import EventHub
+from tests.test_admin_apis import AdminTestCase
 
 TOKEN = "events-token"
 
@@ -106,3 +107,29 @@ class EventsTests(SynchronousTestCase):
         _, transport = self.open()
         self.clock.advance(15)
         self.assertIn(b": ping\n\n", transport.value())
+
+
+class MutationsPublishTests(AdminTestCase):
+    """The admin mutations tell the hub what changed (create, stop, start, update, delete;
+    key create, revoke, rotate), and never a secret."""
+
+    def test_api_and_key_changes_are_published(self) -> None:
+        seen: list[tuple[str, str, Any]] = []
+        self.admin.apis.publish = lambda action, obj: seen.append(("api", action, obj))
+        self.admin.apis.keys.publish = lambda action, obj: seen.append(("key", action, obj))
+        api = self.create("chat", start=False)
+        self.call("POST", f"/api/apis/{api['id']}/start")
+        self.call("POST", f"/api/apis/{api['id']}/stop")
+        self.call("PATCH", f"/api/apis/{api['id']}", {"max_queue": 5})
+        status, key, _ = self.call("POST", f"/api/apis/{api['id']}/keys", {"name": "ci"})
+        self.assertEqual(status, 201)
+        self.call("POST", f"/api/apis/{api['id']}/keys/ci/rotate", {})
+        self.call("DELETE", f"/api/apis/{api['id']}/keys/ci")
+        self.call("DELETE", f"/api/apis/{api['id']}")
+        self.assertEqual([(k, a) for k, a, _ in seen], [
+            ("api", "created"), ("api", "started"), ("api", "stopped"), ("api", "updated"),
+            ("key", "created"), ("key", "rotated"), ("key", "revoked"), ("api", "deleted")])
+        self.assertEqual(seen[3][2]["api"]["max_queue"], 5)
+        self.assertEqual(seen[6][2]["key"]["status"], "revoked")
+        self.assertNotIn(key["key"], repr(seen))
+        self.assertNotIn(api["key"], repr(seen))

@@ -78,8 +78,7 @@ class Subscriber:
             self._request.write(encode("overflow", {"message": "this reader fell behind; "
                                                     "reconnect and re-read the current state"}))
             self.close()
-            self._request.finish()
-            self.done.callback(None)
+            self.done.callback(None)  # Klein finishes the response
             return
         self.queue.append(chunk)
 
