@@ -52,14 +52,20 @@ class Console:
     def __init__(self) -> None:
         self.errors: list[str] = []
         self.allowed: list[int] = []
+        self.allowed_text: list[str] = []
 
     def allow_status(self, status: int) -> None:
         """Chromium logs every HTTP error a fetch gets; one the test causes on purpose
         (and the page explains) is not a defect."""
         self.allowed.append(status)
 
+    def allow_text(self, text: str) -> None:
+        """A network error the test causes on purpose (FLM stopped under the page)."""
+        self.allowed_text.append(text)
+
     def _expected(self, text: str) -> bool:
-        return any(f"status of {s} " in text for s in self.allowed)
+        return (any(f"status of {s} " in text for s in self.allowed)
+                or any(t in text for t in self.allowed_text))
 
     def watch(self, page: Any) -> None:
         page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}")

@@ -239,3 +239,31 @@ def test_keyboard_sign_in_and_navigation(gateway: Gateway, new_page: Any) -> Non
     page.get_by_role("link", name="Models").focus()
     page.keyboard.press("Enter")
     expect(page.get_by_label("Model name")).to_be_visible()
+
+
+def test_a_taken_name_is_said_in_words(gateway: Gateway, new_page: Any, console: Any) -> None:
+    console.allow_status(409)
+    api = gateway.create_api()
+    page = new_page()
+    sign_in(page, gateway.admin_url + "/", gateway.token)
+    page.get_by_role("button", name="New API").click()
+    page.get_by_label("Name").fill(api["name"])
+    expect(page.get_by_label("Model").locator("option", has_text="llama3.2:1b")).to_be_attached()
+    page.get_by_role("button", name="Create").click()
+    expect(page.get_by_role("form", name="New API").get_by_role("alert")).to_have_text(
+        "name: another API already has it")
+
+
+def test_stale_badge_while_flm_is_down_then_live_again(fresh_gateway: Gateway, new_page: Any,
+                                                       console: Any) -> None:
+    for text in ("ERR_CONNECTION_REFUSED", "ERR_INCOMPLETE_CHUNKED_ENCODING",
+                 "ERR_EMPTY_RESPONSE", "ERR_CONNECTION_RESET"):
+        console.allow_text(text)
+    page = new_page()
+    sign_in(page, fresh_gateway.admin_url + "/", fresh_gateway.token)
+    badge = page.get_by_role("status").filter(has_text=re.compile("Live|Stale"))
+    expect(badge).to_have_text("Live")
+    fresh_gateway.stop()
+    expect(badge).to_contain_text("Stale")
+    fresh_gateway.start()
+    expect(badge).to_have_text("Live", timeout=15_000)
