@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from flm import keys
 from flm.admin.apis import Apis
 from flm.admin.app import AdminApp, AdminSite
+from flm.admin.events import EventHub
 from flm.admin.models import ModelsAdmin
 from flm.admin.observe import Observe
 from flm.backends import backend_base_url, make_backend, probe_path
@@ -147,6 +148,11 @@ class FLMService(MultiService):
         self.metrics = Metrics(self.store, reactor, registry=self.registry,
                                logbuffer=self.logbuffer)
         self.logbuffer.observers.append(self.metrics.observe)
+        self.events = EventHub(reactor)
+        self.logbuffer.observers.append(self.events.log_row)
+        self.pulls.observers.append(lambda state: self.events.publish("pull", state))
+        apis.publish = self.events.publisher("api")
+        apis.keys.publish = self.events.publisher("key")
         apis.forget = self.metrics.forget
         self.monitor = Monitor(reactor, interval=settings.monitor_interval_s,
                                memory_limit=settings.memory_limit)
@@ -159,7 +165,7 @@ class FLMService(MultiService):
                               models=_models_admin(self.models, self.pulls, self.backend,
                                                    self.registry), observe=observe,
                               admin_loopback=settings.admin_on_loopback,
-                              metrics_public=settings.metrics_public)
+                              metrics_public=settings.metrics_public, events=self.events)
         site = AdminSite(self.admin.resource(), clock=reactor,
                          max_body=settings.admin_max_body_bytes, **limits)
         site.allowed_hosts = settings.admin_hosts

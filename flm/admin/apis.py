@@ -53,6 +53,8 @@ class Apis:
         self.reserved_ports = reserved_ports
         # Told the id of a deleted API (the metrics drop its series).
         self.forget: Callable[[int], None] = lambda api_id: None
+        # Told each change, ``publish(action, {"api": obj})`` (the admin event stream).
+        self.publish: Callable[[str, dict[str, Any]], None] = lambda action, obj: None
         self.keys = Keys(store, registry, self.find)
 
     async def find(self, ref: str) -> ApiRecord:
@@ -113,6 +115,7 @@ class Apis:
             api = await self._insert_on_a_free_port(fields)
         if start:
             api = await self._start(api, raise_busy=False)
+        self.publish("created", {"api": api.public()})
         return {**api.public(), "key": key}
 
     async def _insert(self, fields: dict[str, Any]) -> ApiRecord:
@@ -181,7 +184,9 @@ class Apis:
             api = await self._start(api)
         elif status == "stopped":
             api = await self.stop(str(api.id))
-        return (await self.find(str(api.id))).public()
+        api = await self.find(str(api.id))
+        self.publish("updated", {"api": api.public()})
+        return api.public()
 
     async def _start(self, api: ApiRecord, raise_busy: bool = True) -> ApiRecord:
         try:
@@ -194,12 +199,16 @@ class Apis:
             return await self.find(str(api.id))
 
     async def start(self, ref: str) -> dict[str, Any]:
-        return (await self._start(await self.find(ref))).public()
+        api = await self._start(await self.find(ref))
+        self.publish("started", {"api": api.public()})
+        return api.public()
 
     async def stop(self, ref: str) -> ApiRecord:
         api = await self.find(ref)
         await self.registry.stop(api.id)
-        return await self.find(str(api.id))
+        api = await self.find(str(api.id))
+        self.publish("stopped", {"api": api.public()})
+        return api
 
     async def rotate_key(self, ref: str, grace_s: float = 0.0) -> dict[str, Any]:
         """A new secret for the key named ``default`` (see :meth:`Keys.rotate`)."""
@@ -215,6 +224,7 @@ class Apis:
         await self.store.delete_api(api.id)  # its keys and their usage go with it
         self.registry.keys.forget(gone)
         self.forget(api.id)
+        self.publish("deleted", {"api": {"id": api.id, "name": api.name}})
 
 
 def _gone(api: ApiRecord) -> AdminError:

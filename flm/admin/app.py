@@ -17,6 +17,8 @@ from werkzeug.exceptions import HTTPException
 
 from flm import keys
 from flm.admin.apis import Apis
+from flm.admin.dashboard import Dashboard
+from flm.admin.events import EventHub, parse_types
 from flm.admin.errors import AdminError, error, json_body
 from flm.admin.keys import grace_of
 from flm.admin.observe import PROMETHEUS_CONTENT_TYPE
@@ -102,7 +104,7 @@ class AdminApp:
 
     def __init__(self, *, token: str, apis: Apis, health: Callable[[], Awaitable[tuple[int, dict]]],
                  models: Any = None, observe: Any = None, admin_loopback: bool = True,
-                 metrics_public: bool = False) -> None:
+                 metrics_public: bool = False, events: EventHub | None = None) -> None:
         self._token = token.encode()
         # /metrics names every API: open only to loopback clients of a loopback admin
         # endpoint, unless the operator made it public.
@@ -112,6 +114,8 @@ class AdminApp:
         self._health = health
         self._models = models
         self._observe = observe
+        self.events = events
+        self.dashboard = Dashboard()
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -156,6 +160,18 @@ class AdminApp:
     async def health(self, request: Any) -> bytes:
         status, body = await self._health()
         return json_body(request, status, body)
+
+    @app.route("/", methods=["GET"])
+    @app.route("/static/<path:name>", methods=["GET"])
+    def dashboard_file(self, request: Any, name: str = "") -> bytes:
+        return self.dashboard.serve(request, name)
+
+    @app.route("/api/events", methods=["GET"])
+    def events_stream(self, request: Any) -> Any:
+        self._auth(request)
+        if self.events is None:
+            raise AdminError(404, "not_found", "Events are not available.")
+        return self.events.stream(request, parse_types(request.args))
 
     @app.route("/api/apis", methods=["POST"])
     def create_api(self, request: Any) -> Any:

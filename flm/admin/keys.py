@@ -78,6 +78,8 @@ class Keys:
         self.store = store
         self.registry = registry
         self.find_api = find_api
+        # Told each change, ``publish(action, {"api_id", "key"})`` (the admin event stream).
+        self.publish: Callable[[str, dict[str, Any]], None] = lambda action, obj: None
 
     def _now(self) -> float:
         return float(self.registry.clock.seconds())
@@ -92,8 +94,10 @@ class Keys:
                                                f"{ref[:100]!r}.")
         return key
 
-    async def _push(self, api_id: int) -> None:
+    async def _push(self, api_id: int, action: str = "changed", key: Any = None) -> None:
         self.registry.set_keys(api_id, await self.store.keys_of(api_id))
+        self.publish(action, {"api_id": api_id,
+                              "key": None if key is None else self.public(key)})
 
     async def list(self, api_ref: str) -> dict[str, Any]:
         api = await self.find_api(api_ref)
@@ -113,7 +117,7 @@ class Keys:
                                               keys.key_prefix(secret), **fields)
         except Conflict:
             raise _taken() from None
-        await self._push(api.id)
+        await self._push(api.id, "created", key)
         return {**self.public(key), "key": secret}
 
     async def update(self, api_ref: str, ref: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +129,7 @@ class Keys:
                 key = await self._update(api_ref, key, fields)
             except Conflict:
                 raise _taken() from None
-            await self._push(api.id)
+            await self._push(api.id, "updated", key)
         return self.public(key)
 
     async def revoke(self, api_ref: str, ref: str) -> dict[str, Any]:
@@ -134,7 +138,7 @@ class Keys:
         if key.revoked_at is None:
             key = await self._update(api_ref, key, {
                 "revoked_at": utc_iso(self._now()), "old_hash": None, "grace_until": None})
-            await self._push(api.id)
+            await self._push(api.id, "revoked", key)
         return self.public(key)
 
     async def _update(self, api_ref: str, key: KeyRecord, fields: dict[str, Any]) -> KeyRecord:
@@ -160,5 +164,5 @@ class Keys:
             if grace_s > 0 else {"old_hash": None, "grace_until": None}
         key = await self._update(api_ref, key, {
             "key_hash": keys.hash_key(secret), "prefix": keys.key_prefix(secret), **grace})
-        await self._push(api.id)
+        await self._push(api.id, "rotated", key)
         return api, {**self.public(key), "key": secret}

@@ -112,6 +112,8 @@ class PullJobs(service.Service):
         self._running: dict[str, PullJob] = {}  # by model_key(name)
         self._tasks: dict[str, Deferred[None]] = {}
         self._stopping = False
+        # Told every job's throttled state too (the admin event stream).
+        self.observers: list[Callable[[dict[str, Any]], object]] = []
 
     def start(self, name: str) -> PullJob:
         """Start pulling ``name``, or return the job already pulling it. Raises
@@ -193,7 +195,7 @@ class PullJobs(service.Service):
             job.timer.cancel()
         job.timer, job.notified_at = None, self.clock.seconds()
         state = job.state()
-        for callback in list(job.watchers):
+        for callback in [*job.watchers, *self.observers]:
             try:
                 callback(state)
             except Exception:
