@@ -19,13 +19,21 @@ class StateMachineTests(SynchronousTestCase):
         self.changes: list[str] = []
         self.h = BackendHealth(self.clock, on_change=lambda h: self.changes.append(h.state))
 
-    def test_starts_probing_then_up_after_two_good_probes(self) -> None:
-        self.assertEqual(self.h.state, "probing")
-        self.h.probed(ProbeResult.UP)
+    def test_starts_probing_then_up_after_a_good_probe(self) -> None:
         self.assertEqual(self.h.state, "probing")
         self.h.probed(ProbeResult.UP)
         self.assertEqual(self.h.state, "up")
         self.assertEqual(self.changes, ["up"])
+
+    def test_down_then_up_after_two_good_probes(self) -> None:
+        for _ in range(3):
+            self.h.probed(ProbeResult.DOWN, "refused")
+        self.assertEqual(self.h.state, "down")
+        self.h.probed(ProbeResult.UP)
+        self.assertEqual(self.h.state, "down")
+        self.h.probed(ProbeResult.UP)
+        self.assertEqual(self.h.state, "up")
+        self.assertEqual(self.changes, ["down", "up"])
 
     def test_down_after_three_failed_probes(self) -> None:
         self.h.state = "up"
@@ -77,7 +85,7 @@ class StateMachineTests(SynchronousTestCase):
             fails = fails + 1 if e == "r_fail" else (0 if e == "r_ok" else fails)
             if h.state == "down" and before != "down":
                 self.assertTrue(probes_bad >= 3 or fails >= 5)
-            if h.state == "up" and before != "up":
+            if h.state == "up" and before == "down":
                 self.assertTrue(probes_good >= 2 or e == "r_ok")
             self.assertIn(h.state, ("up", "down", "probing"))
 
@@ -102,9 +110,9 @@ class ProberTests(SynchronousTestCase):
         clock.advance(5)
         self.assertEqual(len(calls), 2)
         pending[-1].callback((ProbeResult.UP, None))
+        self.assertEqual(h.state, "up")
         clock.advance(5)
         pending[-1].callback((ProbeResult.UP, None))
-        self.assertEqual(h.state, "up")
         p.stop()
         clock.advance(100)
         self.assertEqual(len(calls), 3)

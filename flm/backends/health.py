@@ -1,8 +1,8 @@
 """One backend's health: a small state machine fed by probes and by real requests, and the
 probe loop that feeds it.
 
-``probing`` (not known yet, or llama.cpp still loading its model) -> ``up`` after 2 good
-probes in a row; ``down`` after 3 failed probes or 5 failed requests in a row (connect
+``probing`` (not known yet, or llama.cpp still loading its model) -> ``up`` after a good
+probe; ``down`` -> ``up`` after 2 good probes in a row; ``down`` after 3 failed probes or 5 failed requests in a row (connect
 errors, timeouts, 5xx). A request that succeeds on a backend proves it is up too.
 """
 
@@ -53,7 +53,7 @@ class BackendHealth:
         if result is ProbeResult.UP:
             self.failed_probes = 0
             self.good_probes += 1
-            if self.good_probes >= UP_AFTER_PROBES:
+            if self.state != "down" or self.good_probes >= UP_AFTER_PROBES:
                 self.failed_requests = 0
                 self._set("up")
             return

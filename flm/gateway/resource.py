@@ -2,112 +2,29 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any, Callable
+from typing import Any
 
-import attrs
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from flm.backends.base import BackendError, BackendUnavailable, ModelNotFound
 from flm.gateway import discovery
-from flm.backends.health import BackendHealth
-from flm.gateway.admission import (
-    BackendGate,
-    QueuedBytes,
-    QueueTimeout,
-    Refused,
-    Ticket,
-    admit,
-    readmit,
-)
-from flm.gateway.fleet import Fleet, Member
+from flm.gateway.admission import BackendGate, QueueTimeout, Refused, Ticket, admit, readmit
 from flm.gateway.errors import error_body
-from flm.gateway.headers import copy_response_headers, upstream_headers
+from flm.gateway.exchange import CUT_MESSAGES, Exchanging
+from flm.gateway.fleet import Member
 from flm.gateway.keys import refusal_headers
-from flm.gateway.payload import ROUTES, BytesBody, rewrite
-from flm.gateway.relay import Relay, UsageChunkFilter, usage_from_tail
+from flm.gateway.payload import ROUTES, rewrite
+from flm.gateway.relay import UsageChunkFilter
 from flm.gateway.request import check_key
 from flm.gateway.timing import Timing
+from flm.gateway.upstream import DEFAULT_MAX_QUEUED_BYTES, Retry, Upstream, affinity_key
+
+__all__ = ["CUT_MESSAGES", "DEFAULT_MAX_QUEUED_BYTES", "ProxyResource", "Upstream"]
 
 log = Logger()
-
-DEFAULT_MAX_QUEUED_BYTES = 256 * 1024 * 1024
-
-def _timed_out(result: Any, timeout: float) -> Any:
-    """Agent wraps a cancellation (``ResponseNeverReceived``...): still a timeout."""
-    if isinstance(result, Failure):
-        return Failure(TimeoutError(f"no answer in {timeout:g} s"))
-    return result
-
-
-@attrs.define
-class Upstream:
-    """What every API's resource shares: the backend, its gate, and where rows go."""
-
-    agent: IAgent
-    base_url: bytes
-    paths: frozenset[bytes]
-    gate: BackendGate
-    clock: IReactorTime
-    record: Callable[[tuple[Any, ...]], None]
-    #: Request bytes waiting in every API's queue together (``max_queued_bytes``).
-    queued: QueuedBytes = attrs.field(factory=lambda: QueuedBytes(DEFAULT_MAX_QUEUED_BYTES))
-    #: The backend adapter, for the discovery calls (tags, show) answered on API ports.
-    backend: Any = None
-    #: Every backend by name; without one given, the one above as ``default``.
-    fleet: Fleet | None = None
-    #: Failover: at most this many more backends after the first (``max_retries``).
-    max_retries: int = 2
-
-    def __attrs_post_init__(self) -> None:
-        if self.fleet is None:
-            self.fleet = Fleet(self.clock)
-            self.fleet.add(Member("default", getattr(self.backend, "kind", "ollama"),
-                                  self.base_url, self.paths, self.gate,
-                                  BackendHealth(self.clock), adapter=self.backend,
-                                  max_concurrent=self.gate.limit))
-
-            self._own_fleet = True
-
-    _own_fleet: bool = False
-
-    def members(self, config: Any) -> list[Member]:
-        """The backends ``config`` may use. A fleet made of the one backend above follows
-        what is set on this object later (tests change it in place)."""
-        assert self.fleet is not None
-        if self._own_fleet:
-            member = self.fleet.members["default"]
-            member.adapter, member.paths = self.backend, self.paths
-            member.kind = getattr(self.backend, "kind", member.kind)
-        return self.fleet.eligible(config)
-
-
-#: Statuses that say "not this backend, not now": another one may serve the request.
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
-
-
-class _Retry(Exception):
-    """This attempt failed before the client had a byte; ``code`` is what to answer if no
-    other backend may try."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class _Discard(Protocol):
-    """Reads a response body nobody will see, so its connection goes back to the pool."""
-
-    def dataReceived(self, data: bytes) -> None:
-        pass
 
 
 class _Done(Exception):
@@ -118,7 +35,7 @@ class _Done(Exception):
         self.error = error
 
 
-class ProxyResource(Resource):
+class ProxyResource(Exchanging, Resource):
     isLeaf = True
 
     def __init__(self, runtime: Any, upstream: Upstream) -> None:
@@ -307,7 +224,7 @@ class ProxyResource(Resource):
             try:
                 return await self._exchange(request, config, body, usage_filter, timing,
                                             member, may_retry)
-            except _Retry as r:
+            except Retry as r:
                 if not fleet.budget.withdraw():
                     raise self._fail(request, r.code, r.message) from None
                 member.retries += 1
@@ -378,108 +295,3 @@ class ProxyResource(Resource):
             raise self._fail(request, r.code, r.message, r.retry_after) from None
         except QueueTimeout as e:
             raise self._fail(request, "queue_timeout", str(e)) from None
-
-    async def _exchange(self, request: Any, config: Any, body: bytes | None,
-                        usage_filter: UsageChunkFilter | None, timing: "Timing",
-                        member: Member, may_retry: Callable[[], bool]
-                        ) -> tuple[int, str | None]:
-        """Send ``body`` (POST), or nothing (GET), to ``member`` and relay the answer;
-        ``_Retry`` when it failed before anything reached the client and ``may_retry()``."""
-        clock = self.up.clock
-        timing.sent = clock.seconds()
-        d = self.up.agent.request(b"GET" if body is None else b"POST",
-                                  member.base_url + request.path,
-                                  upstream_headers(request.requestHeaders, request.request_id),
-                                  None if body is None else BytesBody(body))
-        try:
-            response = await d.addTimeout(config.upstream_timeout_s, clock, _timed_out)
-        except TimeoutError:
-            member.failures += 1
-            member.health.request_failed("no answer in time")
-            message = f"The backend did not answer in {config.upstream_timeout_s:g} s."
-            if may_retry():
-                raise _Retry("backend_timeout", message) from None
-            raise self._fail(request, "backend_timeout", message) from None
-        except CancelledError:
-            raise
-        except Exception as e:
-            log.info("backend {name} unavailable: {e!r}", name=member.name, e=e)
-            member.failures += 1
-            member.health.request_failed(_reason(e))
-            message = "The model backend cannot be reached."
-            if may_retry():
-                raise _Retry("backend_unavailable", message) from None
-            raise self._fail(request, "backend_unavailable", message) from None
-        if response.code >= 500:
-            member.failures += 1
-            member.health.request_failed(f"answered HTTP {response.code}")
-        else:
-            member.health.request_ok()
-        if response.code in RETRY_STATUSES and may_retry():
-            response.deliverBody(_Discard())
-            raise _Retry("backend_unavailable",
-                         f"The backends answered HTTP {response.code}.")
-        headers_at = clock.seconds()
-        request.setResponseCode(response.code, response.phrase)
-        copy_response_headers(response.headers, request, keep_length=usage_filter is None)
-        # FLM's own time is everything so far that was neither queueing nor the backend.
-        queue = (timing.admitted - timing.queued) * 1000.0
-        upstream = (headers_at - timing.sent) * 1000.0
-        flm = (headers_at - timing.arrived) * 1000.0 - queue - upstream
-        request.setHeader(b"server-timing", b"queue;dur=%.2f, upstream;dur=%.2f, flm;dur=%.2f"
-                          % (queue, upstream, max(0.0, flm)))
-        relay = Relay(request, clock, config.upstream_timeout_s, usage_filter)
-        response.deliverBody(relay)
-        error = None
-        try:
-            await relay.done
-        except CancelledError:
-            raise
-        except Exception:
-            error = "client_closed" if request.gone else (
-                getattr(request, "cut_reason", None) or relay.error)
-            if not request.gone:
-                self._cut(request, error)
-        finally:
-            # Also for a client that hung up: the row says what it was sent.
-            timing.first_byte = relay.first_byte_at
-            timing.last_byte = clock.seconds()
-            timing.bytes_out = relay.bytes_out
-            timing.prompt_tokens, timing.completion_tokens = usage_from_tail(relay.tail)
-        if not request.gone and not request.finished:
-            request.finish()
-        return response.code, error
-
-    def _cut(self, request: Any, error: str | None) -> None:
-        """The backend broke mid-body: end the client's response so it can tell."""
-        content_type = request.responseHeaders.getRawHeaders(b"content-type", [b""])[0]
-        if content_type.startswith(b"text/event-stream"):
-            # An SSE client is told why, then the stream ends cleanly.
-            message = CUT_MESSAGES.get(error or "", "The backend stopped mid-stream.")
-            event = json.dumps({"error": {"message": message, "type": "server_error",
-                                          "code": error}})
-            request.write(b"event: error\ndata: " + event.encode() + b"\n\n")
-        else:
-            # Anything else is cut short, so the client cannot take it for complete.
-            request.transport.abortConnection()
-            request.gone = True
-
-
-def affinity_key(request: Any, raw: bytes) -> str | None:
-    """What keeps a user on one backend: ``X-Session-Id``, else the body's OpenAI ``user``."""
-    session = request.requestHeaders.getRawHeaders(b"x-session-id")
-    if session:
-        return "s:" + session[0].decode("latin-1")[:200]
-    payload = json.loads(raw)
-    user = payload.get("user") if isinstance(payload, dict) else None
-    return "u:" + user[:200] if isinstance(user, str) and user else None
-
-
-def _reason(e: BaseException) -> str:
-    reasons = getattr(e, "reasons", None)
-    if reasons:
-        return reasons[0].getErrorMessage()[:200]
-    return (str(e) or type(e).__name__)[:200]
-
-
-CUT_MESSAGES = {"shutting_down": "The gateway is shutting down; the stream was cut."}

@@ -215,9 +215,14 @@ def write_logs(c: Any, rows: Sequence[Sequence[Any]], last_used: dict[int, float
     """
     sizes = _chunk_sizes(c)
     first_id = i = 0
+    width = len(LOG_COLUMNS)
     while i < len(rows):
         n = next(k for k in sizes if k <= len(rows) - i)
-        c.execute(_insert_logs_sql(n), [v for row in rows[i:i + n] for v in row])
+        values = [v for row in rows[i:i + n] for v in row]
+        if len(values) != n * width:  # rows of an older shape: trailing columns null
+            values = [v for row in rows[i:i + n]
+                      for v in (*row, *(None,) * (width - len(row)))]
+        c.execute(_insert_logs_sql(n), values)
         if not i:
             first_id = c.lastrowid - n + 1
         i += n
