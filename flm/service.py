@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 from flm import keys
 from flm.admin.apis import Apis
-from flm.admin.backends import Backends, FleetModels
+from flm.admin.backends import Backends, FleetModels, merged_models
 from flm.admin.app import AdminApp, AdminSite
 from flm.admin.models import ModelsAdmin
 from flm.admin.observe import Observe
@@ -154,7 +154,8 @@ class FLMService(MultiService):
 
             async def probe() -> Any:
                 result = await probe_backend(http, record.kind, url)
-                models.get()  # keeps the model list fresh (at most once per its TTL)
+                # keeps the model list fresh (fetched at most once per its TTL)
+                Deferred.fromCoroutine(models.get()).addErrback(lambda f: None)
                 return result
             member = Member(record.name, record.kind, url.encode(), adapter.proxy_paths,
                             gate or BackendGate(record.max_concurrent, reactor,
@@ -214,7 +215,7 @@ class FLMService(MultiService):
                           registry=self.registry, logbuffer=self.logbuffer, clock=reactor)
         self.admin = AdminApp(token=token, apis=apis, health=health,
                               models=_models_admin(self.models, self.pulls, self.backend,
-                                                   self.registry), observe=observe,
+                                                   self.registry, self.fleet), observe=observe,
                               admin_loopback=settings.admin_on_loopback,
                               metrics_public=settings.metrics_public, backends=self.backends)
         site = AdminSite(self.admin.resource(), clock=reactor,
@@ -255,8 +256,11 @@ class FLMService(MultiService):
             self._lock.release()
 
 
-def _models_admin(models: ModelCache, pulls: PullJobs, backend: Any, registry: Registry) -> Any:
-    return ModelsAdmin(models, pulls, backend, registry.uses_model)
+def _models_admin(models: ModelCache, pulls: PullJobs, backend: Any, registry: Registry,
+                  fleet: Fleet) -> Any:
+    admin = ModelsAdmin(models, pulls, backend, registry.uses_model)
+    admin.merged = lambda: merged_models(fleet)
+    return admin
 
 
 def _ports_of(endpoint: str) -> set[int]:

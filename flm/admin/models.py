@@ -43,10 +43,16 @@ class ModelsAdmin:
         self._backend = backend
         self._in_use = in_use
         self._clock = clock if clock is not None else pulls.clock
+        #: With several backends: their lists merged, each model with ``backends``.
+        self.merged: Callable[[], Any] | None = None
 
     # -- the model list --------------------------------------------------------------
 
     async def list_models(self, request: IRequest) -> bytes:
+        if self.merged is not None:
+            merged = await self.merged()
+            if merged is not None:
+                return json_body(request, 200, merged)
         try:
             listing = await self._cache.get()
         except BackendUnavailable as e:
