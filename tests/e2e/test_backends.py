@@ -210,3 +210,30 @@ def test_backends_admin_api(three: tuple[Gateway, list[FakeProcess]]) -> None:
     assert (shown["backends"], shown["affinity"]) == (["b2"], None)
     metrics = gw.admin("GET", "/metrics").text
     assert 'flm_backend_up{backend="b2"}' in metrics
+
+
+def test_cli_backends(three: tuple[Gateway, list[FakeProcess]], capsys: Any,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from flm.cli import main
+    gw, fakes = three
+    for name in ("FLM_ADMIN_TOKEN", "FLM_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+    def flm(*argv: str, code: int = 0) -> str:
+        got = main(["--url", gw.admin_url, "--token", gw.token, "--timeout", "10", *argv])
+        out, err = capsys.readouterr()
+        assert got == code, (out, err)
+        return out + err
+
+    listed = flm("backends", "list")
+    assert "default" in listed and "b1" in listed and "up" in listed
+    data = json.loads(flm("backends", "add", "b3", fakes[1].url, "--kind", "openai",
+                          "--weight", "2", "--json"))
+    assert (data["name"], data["kind"], data["weight"], data["max_concurrent"]) == \
+        ("b3", "openai", 2, 4)
+    assert "weight" in flm("backends", "show", "b3")
+    data = json.loads(flm("backends", "update", "b3", "--enabled", "false", "--json"))
+    assert data["enabled"] is False
+    assert "Removed backend b3" in flm("backends", "remove", "b3")
+    assert "default" in flm("backends", "remove", "default", code=1)
+    assert "b3" not in flm("backends", "list")
