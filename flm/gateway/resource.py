@@ -215,23 +215,25 @@ class ProxyResource(Exchanging, Resource):
             request.setHeader(b"x-flm-attempts", b"%d" % len(tried))
             if pin is not None:
                 fleet.pin(pin, member)
-            others = [m for m in fleet.candidates(fleet.eligible(config, request.path))
-                      if m not in tried]
 
-            def may_retry(others: list[Member] = others) -> bool:
-                return (bool(others) and len(tried) <= self.up.max_retries
-                        and self.up.clock.seconds() < deadline)
+            def may_retry() -> bool:
+                # the budget last: withdrawn only for a retry that happens
+                return (len(tried) <= self.up.max_retries
+                        and self.up.clock.seconds() < deadline and bool(others())
+                        and fleet.budget.withdraw())
+
+            def others() -> list[Member]:
+                return [m for m in fleet.candidates(fleet.eligible(config, request.path))
+                        if m not in tried]
             try:
                 return await self._exchange(request, config, body, usage_filter, timing,
                                             member, may_retry)
             except Retry as r:
-                if not fleet.budget.withdraw():
-                    raise self._fail(request, r.code, r.message) from None
                 member.retries += 1
                 log.info("backend {name} failed ({code}); trying another", name=member.name,
                          code=r.code)
             try:
-                await readmit(ticket, [m.gate for m in fleet.order(others)], self.up.clock,
+                await readmit(ticket, [m.gate for m in fleet.order(others())], self.up.clock,
                               priority=config.priority, deadline=deadline)
             except QueueTimeout as e:
                 raise self._fail(request, "queue_timeout", str(e)) from None
