@@ -559,11 +559,9 @@ class ForwardTests(ProxyTestCase):
         self.assertEqual((response.status, response.json), (404, {"error": "model not found"}))
         self.assertEqual(self.row()["status"], 404)
 
-    # Fails: cancelling a real Agent request gives ``ResponseNeverReceived([CancelledError])``,
-    # not ``CancelledError``: ``_exchange`` takes it for "backend_unavailable" and finishes
-    # a request whose client is gone (RuntimeError, no log row). Fix in flm/gateway.
-    @pytest.mark.xfail(strict=True, reason="flm/gateway/resource.py: a cancelled Agent request "
-                       "fails with ResponseNeverReceived, not CancelledError")
+    # Cancelling a real Agent request gives ``ResponseNeverReceived([CancelledError])``,
+    # not ``CancelledError``: the exchange checks ``request.gone`` (it was taken for
+    # "backend_unavailable", finishing a request whose client was gone; now fixed).
     def test_client_hang_up_cancels_the_upstream(self) -> None:
         protocol, transport = self.send(http("POST", "/v1/chat/completions", CHAT))
         call = self.backend.calls[0]

@@ -44,6 +44,8 @@ class Exchanging:
         try:
             response = await d.addTimeout(config.upstream_timeout_s, clock, timed_out)
         except TimeoutError:
+            if request.gone:
+                raise CancelledError() from None
             member.failures += 1
             member.health.request_failed("no answer in time")
             message = f"The backend did not answer in {config.upstream_timeout_s:g} s."
@@ -53,6 +55,8 @@ class Exchanging:
         except CancelledError:
             raise
         except Exception as e:
+            if request.gone:  # the client hung up: the agent says so as a failure
+                raise CancelledError() from e
             log.info("backend {name} unavailable: {e!r}", name=member.name, e=e)
             member.failures += 1
             member.health.request_failed(reason(e))

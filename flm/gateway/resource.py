@@ -223,8 +223,8 @@ class ProxyResource(Exchanging, Resource):
                         and fleet.budget.withdraw())
 
             def others() -> list[Member]:
-                return [m for m in fleet.candidates(fleet.eligible(config, request.path))
-                        if m not in tried]
+                return fleet.candidates([m for m in fleet.eligible(config, request.path)
+                                         if m not in tried])
             try:
                 return await self._exchange(request, config, body, usage_filter, timing,
                                             member, may_retry)
