@@ -30,19 +30,27 @@ from bench.harness import HOST, BenchError
 BODY = json.dumps(loadgen.chat_body(False)).encode()
 
 
-def start_fleet(run: harness.Run, n: int) -> tuple[harness.FLM, list[tuple[Any, int]]]:
+def start_fleet(run: harness.Run, n: int, shared: bool = False
+                ) -> tuple[harness.FLM, list[tuple[Any, int]]]:
+    """FLM with ``n`` backends. ``shared``: all are one backend process, reached under
+    different names (127.0.0.1, localhost), so the figures show FLM's routing and not a
+    second backend process competing for the 2 cores."""
     backends = []
-    for _ in range(n):
+    for _ in range(1 if shared else n):
         child, port = harness.start_backend(run.logdir)
         run.add(child)
         backends.append((child, port))
+    hosts = [HOST] * n
+    if shared:
+        backends *= n
+        hosts = [HOST, "localhost"][:n]
     flm = run.add(harness.FLM(run.logdir, harness.temp_dir("flm-bench-data-"), backends[0][1],
                               extra=["--backend-max-concurrent", "64", "--config",
                                      str(_config(run.logdir))]))
     flm.wait_healthy(60)
     for i, (_, port) in enumerate(backends[1:], 1):
         status, body = flm.admin("POST", "/api/backends", {
-            "name": f"b{i}", "url": f"http://{HOST}:{port}", "kind": "openai",
+            "name": f"b{i}", "url": f"http://{hosts[i]}:{port}", "kind": "openai",
             "max_concurrent": 64})
         if status != 201:
             raise BenchError(f"POST /api/backends: {status} {body}")
@@ -63,9 +71,9 @@ def _config(logdir: Path) -> Path:
     return path
 
 
-def routing_cost(args: argparse.Namespace) -> dict[str, Any]:
+def routing_cost(args: argparse.Namespace, shared: bool) -> dict[str, Any]:
     with harness.Run(args.keep_logs) as run:
-        flm, _ = start_fleet(run, 2)
+        flm, _ = start_fleet(run, 2, shared)
         common = dict(model="bench-model", max_concurrent=64, max_queue=512)
         one = flm.open_api(name="one", backends=["default"], **common)
         two = flm.open_api(name="two", **common)
@@ -165,11 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results: dict[str, Any] = {}
     if args.only in (None, "routing"):
-        print("routing cost: one backend vs two, wrk c=50", flush=True)
-        results["routing"] = routing_cost(args)
-        r = results["routing"]
-        print(f"routing: {r['rps_one']:.0f} vs {r['rps_two']:.0f} req/s, ratio "
-              f"{r['ratio']:.3f} (target >= 0.95); spread {r['requests_per_backend']}")
+        for shared in (True, False):
+            what = "one backend process" if shared else "two backend processes"
+            print(f"routing cost: one backend vs two ({what}), wrk c=50", flush=True)
+            r = results["routing_shared" if shared else "routing"] = routing_cost(args, shared)
+            print(f"routing ({what}): {r['rps_one']:.0f} vs {r['rps_two']:.0f} req/s, ratio "
+                  f"{r['ratio']:.3f} (target >= 0.95); spread {r['requests_per_backend']}",
+                  flush=True)
     if args.only in (None, "failover"):
         runs = []
         for rep in range(args.reps):

@@ -14,7 +14,8 @@ from twisted.logger import Logger
 
 from flm import keys
 from flm.admin.apis import Apis
-from flm.admin.backends import Backends, FleetModels, merged_models
+from flm.admin.backends import Backends
+from flm.admin.fleet_models import FleetModels, FleetPulls, merged_models
 from flm.admin.app import AdminApp, AdminSite
 from flm.admin.models import ModelsAdmin
 from flm.admin.observe import Observe
@@ -213,9 +214,10 @@ class FLMService(MultiService):
                                    max_rows=settings.log_max_rows)
         observe = Observe(self.store, metrics=self.metrics, monitor=self.monitor,
                           registry=self.registry, logbuffer=self.logbuffer, clock=reactor)
+        models_admin = _models_admin(self.models, self.pulls, self.backend, self.registry,
+                                     self.fleet)
         self.admin = AdminApp(token=token, apis=apis, health=health,
-                              models=_models_admin(self.models, self.pulls, self.backend,
-                                                   self.registry, self.fleet), observe=observe,
+                              models=models_admin, observe=observe,
                               admin_loopback=settings.admin_on_loopback,
                               metrics_public=settings.metrics_public, backends=self.backends)
         site = AdminSite(self.admin.resource(), clock=reactor,
@@ -230,7 +232,8 @@ class FLMService(MultiService):
                       self.logbuffer, UsageFlush(self.store, self.registry.keys, reactor),
                       PoolService(pool, admin_pool), BackendsLoader(self.backends,
                                                                     self._default_backend),
-                      self.fleet, self.registry, self.pulls, self.monitor, self.retention,
+                      self.fleet, self.registry, self.pulls, models_admin.fleet_pulls,
+                      self.monitor, self.retention,
                       self.admin_service):
             child.setServiceParent(self)
 
@@ -260,6 +263,7 @@ def _models_admin(models: ModelCache, pulls: PullJobs, backend: Any, registry: R
                   fleet: Fleet) -> Any:
     admin = ModelsAdmin(models, pulls, backend, registry.uses_model)
     admin.merged = lambda: merged_models(fleet)
+    admin.fleet_pulls = FleetPulls(fleet, pulls)
     return admin
 
 

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 
 from flm.admin.errors import AdminError, json_body
 from flm.admin.validation import NAME, invalid, parse_json
-from flm.backends.base import BackendError, BackendUnavailable, backend_base_url
+from flm.backends.base import backend_base_url
 from flm.gateway.fleet import Fleet, Member
 from flm.records import BackendRecord, utc_iso
 from flm.store import Conflict, Store
@@ -238,44 +238,3 @@ class Backends:
         await self.store.delete_backend(name)
         self.fleet.remove(name)
 
-
-class FleetModels:
-    """``known(name)`` over every enabled backend: what creating an API checks."""
-
-    def __init__(self, fleet: Fleet) -> None:
-        self.fleet = fleet
-
-    async def known(self, name: str) -> bool | None:
-        answers = []
-        for member in list(self.fleet.members.values()):
-            if member.enabled and member.models is not None:
-                answers.append(await member.models.known(name))
-        if True in answers:
-            return True
-        return None if None in answers or not answers else False
-
-
-async def merged_models(fleet: Fleet) -> dict[str, Any] | None:
-    """``GET /api/models`` over several backends: one entry per model with the backends
-    that list it; stale when any list is. None with one backend (its list as it is)."""
-    members = [m for m in fleet.members.values() if m.enabled and m.models is not None]
-    if len(fleet.members) <= 1:
-        return None
-    merged: dict[str, dict[str, Any]] = {}
-    stale, fetched, reached = False, [], False
-    for member in members:
-        try:
-            listing = await member.models.get()
-        except (BackendUnavailable, BackendError):
-            stale = True
-            continue
-        reached = True
-        stale = stale or listing.stale
-        fetched.append(listing.fetched_at)
-        for model in listing.models:
-            entry = merged.setdefault(model["name"], {**model, "backends": []})
-            entry["backends"].append(member.name)
-    if not reached:
-        raise AdminError(502, "backend_unavailable", "No backend could list its models.")
-    return {"models": sorted(merged.values(), key=lambda m: m["name"]),
-            "fetched_at": utc_iso(min(fetched)), "stale": stale}

@@ -237,3 +237,34 @@ def test_cli_backends(three: tuple[Gateway, list[FakeProcess]], capsys: Any,
     assert "Removed backend b3" in flm("backends", "remove", "b3")
     assert "default" in flm("backends", "remove", "default", code=1)
     assert "b3" not in flm("backends", "list")
+
+
+def test_pulls_go_to_every_ollama_backend_or_the_one_named(
+        three: tuple[Gateway, list[FakeProcess]]) -> None:
+    gw, fakes = three
+
+    def done(job: str) -> bool:
+        state = gw.admin("GET", f"/api/models/pulls/{job}").json()
+        assert state["status"] != "error", state
+        return bool(state["status"] == "done")
+
+    def names(fake: FakeProcess) -> set[str]:
+        return {m["name"] for m in fake.call("GET", "/api/tags")["models"]}
+
+    r = gw.admin("POST", "/api/models/pull", {"name": "everywhere:1b"})
+    assert r.status_code == 202, r.text
+    jobs = r.json()["jobs"]
+    assert sorted(j["backend"] for j in jobs) == ["b1", "b2", "default"]
+    for j in jobs:
+        wait_for(lambda j=j: done(j["job"]), 10, "the pull to finish")
+    assert all("everywhere:1b" in names(f) for f in fakes)
+    r = gw.admin("POST", "/api/models/pull", {"name": "one:1b", "backend": "b1"})
+    assert r.status_code == 202 and [j["backend"] for j in r.json()["jobs"]] == ["b1"]
+    wait_for(lambda: done(r.json()["job"]), 10, "the pull to finish")
+    assert ["one:1b" in names(f) for f in fakes] == [False, True, False]
+    assert gw.admin("POST", "/api/models/pull", {"name": "x:1b", "backend": "nope"}
+                    ).status_code == 422
+    r = gw.admin("DELETE", "/api/models/everywhere:1b?backend=b2")
+    assert r.status_code == 204, r.text
+    assert ["everywhere:1b" in names(f) for f in fakes] == [True, True, False]
+    assert gw.admin("DELETE", "/api/models/everywhere:1b?backend=nope").status_code == 422
