@@ -65,6 +65,26 @@ def start_fleet(run: harness.Run, n: int, shared: bool = False
     return flm, backends
 
 
+def start_fleet_of(run: harness.Run, backend_argvs: list[list[str]]
+                   ) -> tuple[harness.FLM, list[int]]:
+    """FLM whose backends are these processes (each prints ``listening on PORT``)."""
+    ports = []
+    for i, argv in enumerate(backend_argvs):
+        child = run.add(harness.Child(f"backend{i}", argv, run.logdir))
+        ports.append(int(child.wait_line("listening on")))
+    flm = run.add(harness.FLM(run.logdir, harness.temp_dir("flm-bench-data-"), ports[0],
+                              extra=["--backend-max-concurrent", "4096", "--config",
+                                     str(_config(run.logdir))]))
+    flm.wait_healthy(60)
+    for i, port in enumerate(ports[1:], 1):
+        status, body = flm.admin("POST", "/api/backends", {
+            "name": f"b{i}", "url": f"http://{HOST}:{port}", "kind": "openai",
+            "max_concurrent": 4096})
+        if status != 201:
+            raise BenchError(f"POST /api/backends: {status} {body}")
+    return flm, ports
+
+
 def _config(logdir: Path) -> Path:
     path = logdir / "flm.toml"
     path.write_text("backend_probe_interval_s = 1.0\nmodel_cache_ttl_s = 2.0\n")
