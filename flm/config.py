@@ -145,6 +145,11 @@ class Settings:
     config_cache_size: int = attrs.field(default=4096, validator=_positive)
     model_cache_ttl_s: float = attrs.field(default=60.0, validator=_positive)
     health_cache_s: float = attrs.field(default=2.0, validator=_non_negative)
+    # Several backends: each is probed this often (+-20%), each probe within the timeout;
+    # a request that failed before its client had a byte goes to at most this many others.
+    backend_probe_interval_s: float = attrs.field(default=5.0, validator=_positive)
+    backend_probe_timeout_s: float = attrs.field(default=2.0, validator=_positive)
+    max_retries: int = attrs.field(default=2, validator=_non_negative)
     idle_timeout_s: float = attrs.field(default=75.0, validator=_positive)
     header_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     body_timeout_s: float = attrs.field(default=60.0, validator=_positive)

@@ -38,11 +38,14 @@ class ApiRecord:
     insecure: bool = False  # plain HTTP even beyond loopback
     tls_cert: str | None = None  # PEM paths; None: the settings' tls_cert / tls_key
     tls_key: str | None = None
+    backends: tuple[str, ...] | None = None  # None: every enabled backend with its model
+    affinity: str | None = None  # None or "user"
 
     def public(self) -> dict[str, Any]:
         """The API object of the contract: everything but the key hash."""
         d = attrs.asdict(self)
         del d["key_hash"]
+        d["backends"] = None if self.backends is None else list(self.backends)
         return d
 
 
@@ -91,6 +94,23 @@ class KeyRecord:
                 "monthly_token_budget": self.monthly_token_budget,
                 "usage": {"requests_today": usage[0], "tokens_today": usage[1],
                           "tokens_month": usage[2]}}
+
+
+@attrs.frozen
+class BackendRecord:
+    """A model server as stored: what the admin API sets (state is live, not stored)."""
+
+    name: str
+    url: str
+    kind: str
+    max_concurrent: int
+    weight: int
+    enabled: bool
+    created_at: str
+    updated_at: str
+
+
+BACKEND_FIELDS: tuple[str, ...] = tuple(f.name for f in attrs.fields(BackendRecord))
 
 
 KEY_FIELDS: tuple[str, ...] = tuple(f.name for f in attrs.fields(KeyRecord))

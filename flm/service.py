@@ -14,15 +14,19 @@ from twisted.logger import Logger
 
 from flm import keys
 from flm.admin.apis import Apis
+from flm.admin.backends import Backends
+from flm.admin.fleet_models import FleetModels, FleetPulls, merged_models
 from flm.admin.app import AdminApp, AdminSite
 from flm.admin.events import EventHub
 from flm.admin.models import ModelsAdmin
 from flm.admin.observe import Observe
 from flm.backends import backend_base_url, make_backend, probe_path
 from flm.backends.catalog import ModelCache
+from flm.backends.health import BackendHealth, Prober, probe_backend
 from flm.backends.pulls import PullJobs
 from flm.config import Settings
 from flm.gateway.admission import BackendGate, QueuedBytes
+from flm.gateway.fleet import Fleet, Member
 from flm.gateway.registry import Registry
 from flm.gateway.resource import Upstream
 from flm.http.client import PoolService, make_agent, make_pool
@@ -42,6 +46,7 @@ from flm.startup import (
     make_data_dir,
     raise_open_files,
 )
+from flm.records import BackendRecord
 from flm.store import Store
 
 log = Logger()
@@ -75,6 +80,22 @@ class AdminService(Service):
         super().stopService()
         port, self.port = self.port, None
         return maybeDeferred(port.stopListening) if port is not None else succeed(None)
+
+
+class BackendsLoader(Service):
+    """Writes the backend ``default`` as the options describe it and loads the others,
+    once the store is open (before the fleet's probes and the API ports start)."""
+
+    name = "backends"
+
+    def __init__(self, backends: Backends, default: dict[str, Any]) -> None:
+        self._backends = backends
+        self._default = default
+
+    def startService(self) -> None:
+        super().startService()
+        d = Deferred.fromCoroutine(self._backends.load(self._default))
+        d.addErrback(lambda f: log.failure("loading the backends failed", f))
 
 
 def build(settings: Settings, reactor: Any, owner: Owner | None = None) -> "FLMService":
@@ -123,10 +144,47 @@ class FLMService(MultiService):
         self.backend = make_backend(settings.backend_kind, backend_url, http, reactor)
         self.backend_gate = BackendGate(settings.backend_concurrency, reactor,
                                         settings.priority_aging_s)
+        self.models = ModelCache(self.backend, reactor, settings.model_cache_ttl_s)
+
+        def make_member(record: BackendRecord, adapter: Any = None, gate: Any = None,
+                        models: Any = None) -> Member:
+            """The live side of a stored backend: adapter, gate, health, models, probe."""
+            url = backend_base_url(record.kind, record.url)
+            adapter = adapter or make_backend(record.kind, url, http, reactor)
+            models = models or ModelCache(adapter, reactor, settings.model_cache_ttl_s)
+            health = BackendHealth(reactor)
+
+            async def probe() -> Any:
+                result = await probe_backend(http, record.kind, url)
+                # keeps the model list fresh (fetched at most once per its TTL)
+                Deferred.fromCoroutine(models.get()).addErrback(lambda f: None)
+                return result
+            member = Member(record.name, record.kind, url.encode(), adapter.proxy_paths,
+                            gate or BackendGate(record.max_concurrent, reactor,
+                                                settings.priority_aging_s),
+                            health, adapter=adapter, models=models,
+                            max_concurrent=record.max_concurrent, weight=record.weight,
+                            enabled=record.enabled)
+            member.prober = Prober(health, lambda: Deferred.fromCoroutine(probe()), reactor,
+                                   interval_s=settings.backend_probe_interval_s,
+                                   timeout_s=settings.backend_probe_timeout_s)
+            return member
+
+        #: Told of every backend whose state changes (the dashboard's event stream).
+        self.on_backend_change: Any = lambda member: None
+        self.fleet = Fleet(reactor, on_change=lambda m: self.on_backend_change(m))
+        self._default_backend = {"url": backend_url, "kind": settings.backend_kind,
+                                 "max_concurrent": settings.backend_concurrency}
+        self.fleet.add(make_member(
+            BackendRecord("default", backend_url, settings.backend_kind,
+                          settings.backend_concurrency, 1, True, "", ""),
+            adapter=self.backend, gate=self.backend_gate, models=self.models))
         upstream = Upstream(agent=agent, base_url=backend_url.encode(),
                             paths=self.backend.proxy_paths, gate=self.backend_gate,
                             clock=reactor, record=self.logbuffer.record,
-                            queued=QueuedBytes(settings.max_queued_bytes), backend=self.backend)
+                            queued=QueuedBytes(settings.max_queued_bytes), backend=self.backend,
+                            fleet=self.fleet, max_retries=settings.max_retries)
+        self.backends = Backends(self.store, self.fleet, make_member)
         limits = dict(idle_timeout=settings.idle_timeout_s,
                       header_timeout=settings.header_timeout_s,
                       body_timeout=settings.body_timeout_s,
@@ -136,15 +194,16 @@ class FLMService(MultiService):
                                  grace_period=settings.grace_period_s,
                                  site_limits={**limits, "max_body": settings.max_body_bytes},
                                  tls_cert=settings.tls_cert, tls_key=settings.tls_key)
-        self.models = ModelCache(self.backend, reactor, settings.model_cache_ttl_s)
         self.pulls = PullJobs(self.backend, reactor, on_change=lambda job: self.models.expire())
         health = Health(BackendProbe(http, backend_url + probe_path(settings.backend_kind),
                                      reactor, cache_s=settings.health_cache_s),
                         settings.memory_limit,
                         DatabaseCheck(self.store, reactor, cache_s=settings.health_cache_s),
-                        rss=lambda: self.monitor.rss_now())
-        apis = Apis(self.store, self.registry, self.models, api_host=settings.api_host,
+                        rss=lambda: self.monitor.rss_now(), fleet=self.fleet,
+                        running_apis=lambda: [rt.config for rt in self.registry.runtimes.values()])
+        apis = Apis(self.store, self.registry, FleetModels(self.fleet), api_host=settings.api_host,
                     first_port=settings.first_port, reserved_ports=_ports_of(settings.admin))
+        apis.backend_names = lambda: set(self.fleet.members)
         self.metrics = Metrics(self.store, reactor, registry=self.registry,
                                logbuffer=self.logbuffer)
         self.logbuffer.observers.append(self.metrics.observe)
@@ -161,11 +220,13 @@ class FLMService(MultiService):
                                    max_rows=settings.log_max_rows)
         observe = Observe(self.store, metrics=self.metrics, monitor=self.monitor,
                           registry=self.registry, logbuffer=self.logbuffer, clock=reactor)
+        models_admin = _models_admin(self.models, self.pulls, self.backend, self.registry,
+                                     self.fleet)
         self.admin = AdminApp(token=token, apis=apis, health=health,
-                              models=_models_admin(self.models, self.pulls, self.backend,
-                                                   self.registry), observe=observe,
+                              models=models_admin, observe=observe,
                               admin_loopback=settings.admin_on_loopback,
-                              metrics_public=settings.metrics_public, events=self.events)
+                              metrics_public=settings.metrics_public, events=self.events,
+                              backends=self.backends)
         site = AdminSite(self.admin.resource(), clock=reactor,
                          max_body=settings.admin_max_body_bytes, **limits)
         site.allowed_hosts = settings.admin_hosts
@@ -176,8 +237,10 @@ class FLMService(MultiService):
         # then API ports drain, then log rows and metric rollups are written, then the store.
         for child in (self.store, WalCheckpoints(self.store, reactor), self.metrics,
                       self.logbuffer, UsageFlush(self.store, self.registry.keys, reactor),
-                      PoolService(pool, admin_pool),
-                      self.registry, self.pulls, self.monitor, self.retention,
+                      PoolService(pool, admin_pool), BackendsLoader(self.backends,
+                                                                    self._default_backend),
+                      self.fleet, self.registry, self.pulls, models_admin.fleet_pulls,
+                      self.monitor, self.retention,
                       self.admin_service):
             child.setServiceParent(self)
 
@@ -203,8 +266,12 @@ class FLMService(MultiService):
             self._lock.release()
 
 
-def _models_admin(models: ModelCache, pulls: PullJobs, backend: Any, registry: Registry) -> Any:
-    return ModelsAdmin(models, pulls, backend, registry.uses_model)
+def _models_admin(models: ModelCache, pulls: PullJobs, backend: Any, registry: Registry,
+                  fleet: Fleet) -> Any:
+    admin = ModelsAdmin(models, pulls, backend, registry.uses_model)
+    admin.merged = lambda: merged_models(fleet)
+    admin.fleet_pulls = FleetPulls(fleet, pulls)
+    return admin
 
 
 def _ports_of(endpoint: str) -> set[int]:

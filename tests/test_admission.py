@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 

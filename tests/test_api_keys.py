@@ -11,7 +11,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from flm import keys
-from tests.keys_harness import DAY, T0, KeysHarness, usage_json, usage_stream
+from tests.keys_harness import DAY, KeysHarness, usage_json, usage_stream
 
 KEY_FIELDS = {"id", "name", "prefix", "status", "created_at", "expires_at", "last_used_at",
               "grace_until", "rate_limit_rpm", "tpm_limit", "daily_token_budget",

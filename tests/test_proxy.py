@@ -13,19 +13,13 @@ import json
 import re
 from typing import Any
 
-import pytest
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import ResponseDone
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IResponse
-from zope.interface import implementer
 
 from flm import keys
 from flm.backends.ollama import OLLAMA_PATHS
@@ -554,6 +548,9 @@ class ForwardTests(ProxyTestCase):
         self.assertEqual((response.status, response.json), (404, {"error": "model not found"}))
         self.assertEqual(self.row()["status"], 404)
 
+    # Cancelling a real Agent request gives ``ResponseNeverReceived([CancelledError])``,
+    # not ``CancelledError``: the exchange checks ``request.gone`` (it was taken for
+    # "backend_unavailable", finishing a request whose client was gone; now fixed).
     def test_client_hang_up_cancels_the_upstream(self) -> None:
         protocol, transport = self.send(http("POST", "/v1/chat/completions", CHAT))
         call = self.backend.calls[0]

@@ -56,6 +56,15 @@ class Apis:
         # Told each change, ``publish(action, {"api": obj})`` (the admin event stream).
         self.publish: Callable[[str, dict[str, Any]], None] = lambda action, obj: None
         self.keys = Keys(store, registry, self.find)
+        # The backends there are (names); set by the service when it has a fleet.
+        self.backend_names: Callable[[], set[str]] | None = None
+
+    def _check_backends(self, names: tuple[str, ...] | None) -> None:
+        if names is None or self.backend_names is None:
+            return
+        unknown = [n for n in names if n not in self.backend_names()]
+        if unknown:
+            raise invalid("backends", f"no backend named {unknown[0]!r}")
 
     async def find(self, ref: str) -> ApiRecord:
         api = await self.store.get_api(ref)
@@ -101,6 +110,7 @@ class Apis:
 
     async def create(self, payload: dict[str, Any]) -> dict[str, Any]:
         fields = validate_create(payload)
+        self._check_backends(fields["backends"])
         start = fields.pop("start")
         await self._check_model(fields["model"], fields["allow_unknown_model"])
         fields.setdefault("host", self.api_host)
@@ -150,6 +160,7 @@ class Apis:
 
     async def update(self, ref: str, payload: dict[str, Any]) -> dict[str, Any]:
         fields = validate_update(payload)
+        self._check_backends(fields.get("backends"))
         api = await self.find(ref)
         status = fields.pop("status", None)
         if "model" in fields or fields.get("allow_unknown_model") is False:

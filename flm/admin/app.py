@@ -104,7 +104,8 @@ class AdminApp:
 
     def __init__(self, *, token: str, apis: Apis, health: Callable[[], Awaitable[tuple[int, dict]]],
                  models: Any = None, observe: Any = None, admin_loopback: bool = True,
-                 metrics_public: bool = False, events: EventHub | None = None) -> None:
+                 metrics_public: bool = False, events: EventHub | None = None,
+                 backends: Any = None) -> None:
         self._token = token.encode()
         # /metrics names every API: open only to loopback clients of a loopback admin
         # endpoint, unless the operator made it public.
@@ -116,6 +117,7 @@ class AdminApp:
         self._observe = observe
         self.events = events
         self.dashboard = Dashboard()
+        self.backends = backends
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -289,6 +291,22 @@ class AdminApp:
         @models.route("/<path:name>", methods=["DELETE"])
         def delete_model(self, request: Any, name: str) -> Any:
             return self._model_ops().delete(request, name)
+
+    # /api/backends (flm.admin.backends)
+
+    with app.subroute("/api/backends") as backends:
+        @backends.route("/", methods=["GET", "POST"], strict_slashes=False)
+        def backends_root(self, request: Any) -> Any:
+            return self._backend_ops().route(request, None, shield)
+
+        @backends.route("/<name>", methods=["GET", "PATCH", "DELETE"])
+        def backend_one(self, request: Any, name: str) -> Any:
+            return self._backend_ops().route(request, name, shield)
+
+    def _backend_ops(self) -> Any:
+        if self.backends is None:
+            raise AdminError(404, "not_found", "Backends are not available.")
+        return self.backends
 
     # logs, metrics, system (flm.admin.observe)
 

@@ -43,10 +43,18 @@ class ModelsAdmin:
         self._backend = backend
         self._in_use = in_use
         self._clock = clock if clock is not None else pulls.clock
+        #: With several backends: their lists merged, each model with ``backends``; pulls
+        #: on one backend or every Ollama one (flm.admin.fleet_models.FleetPulls).
+        self.merged: Callable[[], Any] | None = None
+        self.fleet_pulls: Any = None
 
     # -- the model list --------------------------------------------------------------
 
     async def list_models(self, request: IRequest) -> bytes:
+        if self.merged is not None:
+            merged = await self.merged()
+            if merged is not None:
+                return json_body(request, 200, merged)
         try:
             listing = await self._cache.get()
         except BackendUnavailable as e:
@@ -64,20 +72,31 @@ class ModelsAdmin:
     # -- pulls ------------------------------------------------------------------------
 
     def pull(self, request: IRequest) -> bytes:
-        self._require_management("download")
         body = _json_object(request)
-        unknown = sorted(set(body) - {"name"})
+        unknown = sorted(set(body) - {"name", "backend"})
         if unknown:
             raise AdminError(422, "unknown_field", f"{unknown[0]}: unknown field")
+        backend = body.get("backend")
+        if backend is not None and not isinstance(backend, str):
+            raise AdminError(422, "invalid_field", "backend: must be a backend's name")
+        several = self.fleet_pulls is not None and (
+            backend is not None or len(self.fleet_pulls.fleet.members) > 1)
+        if not several:
+            self._require_management("download")
         try:
-            job = self._pulls.start(body.get("name"))  # type: ignore[arg-type]
+            if several:
+                started = self.fleet_pulls.start_on(body.get("name"), backend)
+                state = {**started[0][1].state(), "backend": started[0][0],
+                         "jobs": [{"backend": b, "job": j.id} for b, j in started]}
+            else:
+                state = self._pulls.start(body.get("name")).state()  # type: ignore[arg-type]
         except ValueError as e:
             raise AdminError(422, "invalid_field", str(e))
         except NotSupported as e:
             raise AdminError(501, "not_supported", str(e))
         except BackendUnavailable as e:
             raise AdminError(503, "unavailable", str(e))
-        return json_body(request, 202, job.state())
+        return json_body(request, 202, state)
 
     def pull_state(self, request: IRequest, job_id: str) -> bytes:
         return json_body(request, 200, self._job(job_id).state())
@@ -89,7 +108,7 @@ class ModelsAdmin:
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-accel-buffering", b"no")
         stream = _EventStream(request, self._clock, self.heartbeat_s)
-        stream.unsubscribe = self._pulls.subscribe(job_id, stream.send)
+        stream.unsubscribe = (self.fleet_pulls or self._pulls).subscribe(job_id, stream.send)
         return stream.done
 
     # -- one model --------------------------------------------------------------------
@@ -100,7 +119,14 @@ class ModelsAdmin:
         return json_body(request, 200, info)
 
     async def delete(self, request: IRequest, name: str) -> bytes:
-        self._require_management("delete")
+        backend, cache = self._backend, self._cache
+        which = request.args.get(b"backend", [b""])[0].decode("utf-8", "replace")
+        if which:  # ?backend=NAME: that backend's copy (default: the backend 'default')
+            member = self.fleet_pulls.fleet.members.get(which) if self.fleet_pulls else None
+            if member is None:
+                raise AdminError(422, "invalid_field", f"backend: no backend named {which!r}")
+            backend, cache = member.adapter, member.models
+        self._require_management("delete", backend)
         self._known_name(name)
         force = request.args.get(b"force", [b""])[0].lower() in (b"true", b"1", b"yes")
         if not force and self._in_use(name):
@@ -108,15 +134,18 @@ class ModelsAdmin:
                              "stop or change that API first, or pass ?force=true "
                              "(flm models rm --force)")
         # A client that hangs up must not cut the delete (and the cache expiry) short.
-        await self._call(_shielded(Deferred.fromCoroutine(self._delete(name))), name)
+        await self._call(_shielded(Deferred.fromCoroutine(self._delete(name, backend, cache))),
+                         name)
         request.setResponseCode(204)
         return b""
 
-    async def _delete(self, name: str) -> None:
+    async def _delete(self, name: str, backend: Any, cache: Any) -> None:
         try:
-            await self._backend.delete(name)
+            await backend.delete(name)
         finally:
-            self._cache.expire()
+            cache.expire()
+            if cache is not self._cache:
+                self._cache.expire()
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -132,10 +161,11 @@ class ModelsAdmin:
         except BackendError as e:
             raise AdminError(502, "backend_error", e.message)
 
-    def _require_management(self, what: str) -> None:
-        if not self._backend.can_manage_models:
+    def _require_management(self, what: str, backend: Any = None) -> None:
+        backend = backend or self._backend
+        if not backend.can_manage_models:
             kind = {"openai": "an OpenAI-compatible", "ollama": "an Ollama"}.get(
-                self._backend.kind, f"a {self._backend.kind}")
+                backend.kind, f"a {backend.kind}")
             raise AdminError(501, "not_supported", f"{kind} backend cannot {what} models "
                              "through FLM; manage them on the model server")
 
@@ -146,7 +176,7 @@ class ModelsAdmin:
             raise AdminError(404, "not_found", f"the backend has no model {name!r}")
 
     def _job(self, job_id: str) -> Any:
-        job = self._pulls.get(job_id)
+        job = (self.fleet_pulls or self._pulls).get(job_id)
         if job is None:
             raise AdminError(404, "not_found", f"no pull job {job_id!r} (finished jobs are "
                              "kept for an hour)")

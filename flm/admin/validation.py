@@ -20,6 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "max_concurrent": 1, "max_queue": 32, "queue_timeout_s": 60.0,
     "upstream_timeout_s": 300.0, "rate_limit_rpm": None, "priority": 0,
     "allow_unknown_model": False, "insecure": False, "tls_cert": None, "tls_key": None,
+    "backends": None, "affinity": None,
 }
 
 
@@ -82,6 +83,23 @@ def _path(field: str, value: Any) -> Any:
     return value
 
 
+def _backends(field: str, value: Any) -> Any:
+    """A list of backend names (checked against the backends by the caller), or null."""
+    if value is None:
+        return None
+    if (not isinstance(value, list) or not 1 <= len(value) <= 64
+            or not all(isinstance(v, str) and NAME.match(v) for v in value)):
+        raise invalid(field, "must be a list of 1-64 backend names, or null (every backend "
+                             "that lists the model)")
+    return tuple(dict.fromkeys(value))
+
+
+def _affinity(field: str, value: Any) -> Any:
+    if value not in (None, "user"):
+        raise invalid(field, "must be null or 'user'")
+    return value
+
+
 def _status(field: str, value: Any) -> Any:
     if value not in ("running", "stopped"):
         raise invalid(field, "must be 'running' or 'stopped'")
@@ -104,6 +122,8 @@ FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "insecure": _bool,
     "tls_cert": _path,
     "tls_key": _path,
+    "backends": _backends,
+    "affinity": _affinity,
 }
 CREATE_ONLY = {"start": _bool}
 UPDATE_ONLY = {"status": _status}

@@ -64,6 +64,13 @@ class ModelCache:
             Deferred.fromCoroutine(self._fetch()).addErrback(lambda f: f.trap(CancelledError))
         return await waiter
 
+    def lists_now(self, name: str) -> bool | None:
+        """Without waiting: whether the last list fetched has ``name`` (None: no list yet).
+        The request path asks this to route a model to the backends that have it."""
+        if self._last is None:
+            return None
+        return _lists(self._last, name)
+
     async def known(self, name: str) -> bool | None:
         """True if the backend lists ``name``, False if not, None when it cannot tell."""
         try:

@@ -7,24 +7,19 @@ gate (priority with aging). ``queue_timeout_s`` bounds the two waits together.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from itertools import count
-from typing import Hashable
+from typing import Any, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
 
+# The cheap refusals before admission live beside it (re-exported: one place to import).
+from flm.gateway.limits import FailedKeyLimiter, QueuedBytes, Refused, TokenBucket
 
-class Refused(Exception):
-    """Refused: ``code`` is ``queue_full``, ``rate_limited`` or ``shutting_down``."""
-
-    def __init__(self, code: str, retry_after: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.retry_after = retry_after
-        self.message = message
+__all__ = ["ApiGate", "BackendGate", "FailedKeyLimiter", "QueueTimeout", "QueuedBytes",
+           "Refused", "Ticket", "TokenBucket", "acquire_any", "admit", "readmit"]
 
 
 class _Waking:
@@ -60,15 +55,18 @@ class _Waking:
         try:
             while self.tokens > 0 and self._has_waiters():
                 self.tokens -= 1
-                self._pop().callback(None)
+                self._fire(self._pop())
         finally:
             self._waking = False
 
     def _has_waiters(self) -> bool:
         raise NotImplementedError
 
-    def _pop(self) -> Deferred[None]:
+    def _pop(self) -> Any:
         raise NotImplementedError
+
+    def _fire(self, popped: Any) -> None:
+        popped.callback(None)
 
     def _take_all(self) -> list[Deferred[None]]:
         raise NotImplementedError
@@ -136,12 +134,18 @@ class ApiGate(_Waking):
         return waiting
 
 
+#: Waiters of every backend gate in one order, so a request waiting on several gates is
+#: compared fairly with the others (FIFO among equal priorities).
+_SEQ = count()
+
+
 class BackendGate(_Waking):
-    """The backend's own concurrency, shared by all APIs.
+    """One backend's own concurrency, shared by all APIs.
 
     A waiting request's effective priority is its API's ``priority`` plus one for every
     ``aging_s`` seconds it has waited; the highest goes first, FIFO among equals, so a
-    low-priority request is never starved for long.
+    low-priority request is never starved for long. A request may wait on several gates
+    at once (:func:`acquire_any`): the first to free a slot takes it, the others forget it.
     """
 
     def __init__(self, limit: int, clock: IReactorTime, aging_s: float = 10.0) -> None:
@@ -149,8 +153,8 @@ class BackendGate(_Waking):
         self.tokens = limit
         self._clock = clock
         self._aging_s = aging_s
-        self._seq = count()
-        self._waiting: list[tuple[int, float, int, Deferred[None]]] = []
+        # (priority, arrived, seq, deferred, value it fires with, the entries of its group)
+        self._waiting: list[tuple[Any, ...]] = []
 
     @property
     def waiting(self) -> int:
@@ -172,16 +176,16 @@ class BackendGate(_Waking):
 
     def acquire(self, priority: int = 0) -> Deferred[None]:
         self._refuse_if_closed()
-        if self.tokens > 0 and not self._waiting:
+        if not self.busy:
             self.tokens -= 1
             return succeed(None)
-        entry: tuple[int, float, int, Deferred[None]]
+        entry: tuple[Any, ...]
 
         def cancel(d: Deferred[None]) -> None:
             self._waiting.remove(entry)
 
         d: Deferred[None] = Deferred(cancel)
-        entry = (priority, self._clock.seconds(), next(self._seq), d)
+        entry = (priority, self._clock.seconds(), next(_SEQ), d, None, None)
         self._waiting.append(entry)
         return d
 
@@ -192,16 +196,54 @@ class BackendGate(_Waking):
     def _has_waiters(self) -> bool:
         return bool(self._waiting)
 
-    def _pop(self) -> Deferred[None]:
+    def _pop(self) -> tuple[Any, ...]:
         now = self._clock.seconds()
         best = max(self._waiting, key=lambda e: (e[0] + (now - e[1]) / self._aging_s, -e[2]))
         self._waiting.remove(best)
-        return best[3]
+        for gate, entry in best[5] or ():  # it waited elsewhere too: not any more
+            if gate is not self:
+                gate._waiting.remove(entry)
+        return best
+
+    def _fire(self, popped: tuple[Any, ...]) -> None:
+        popped[3].callback(popped[4])
 
     def _take_all(self) -> list[Deferred[None]]:
-        waiting = [entry[3] for entry in self._waiting]
+        waiting = []
+        for entry in list(self._waiting):
+            if entry[3] not in waiting:
+                waiting.append(entry[3])
+            for gate, other in entry[5] or ():
+                if gate is not self:
+                    gate._waiting.remove(other)
         self._waiting.clear()
         return waiting
+
+
+def acquire_any(gates: Sequence[BackendGate], priority: int = 0) -> Deferred[BackendGate]:
+    """A slot on the first of ``gates`` (in the caller's order of preference) that has one
+    free now, else on whichever frees one first; the Deferred fires with that gate.
+    Cancelling it leaves every queue."""
+    for gate in gates:
+        gate._refuse_if_closed()
+    for gate in gates:
+        if not gate.busy:
+            gate.tokens -= 1
+            return succeed(gate)
+    group: list[tuple[BackendGate, tuple[Any, ...]]] = []
+
+    def cancel(d: Deferred[BackendGate]) -> None:
+        for gate, entry in group:
+            if entry in gate._waiting:
+                gate._waiting.remove(entry)
+
+    d: Deferred[BackendGate] = Deferred(cancel)
+    seq = next(_SEQ)  # one place in the order, on every gate
+    for gate in gates:
+        entry = (priority, gate._clock.seconds(), seq, d, gate, group)
+        gate._waiting.append(entry)
+        group.append((gate, entry))
+    return d
 
 
 class QueueTimeout(Exception):
@@ -210,23 +252,39 @@ class QueueTimeout(Exception):
 
 @attrs.define(eq=False)
 class Ticket:
-    """Both slots held: ``release`` gives them back, once, however often it is called."""
+    """Both slots held: ``release`` gives them back, once, however often it is called.
+    ``backend`` is the gate of the backend whose slot it holds (None between attempts)."""
 
     _api: ApiGate
-    _backend: BackendGate
+    backend: BackendGate | None
     released: bool = False
 
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self._backend.release()
+            if self.backend is not None:
+                self.backend.release()
             self._api.release()
 
 
-async def admit(api: ApiGate, backend: BackendGate, clock: IReactorTime, *,
-                priority: int, deadline: float) -> Ticket:
-    """The proxy's admission: the API's slot (FIFO), then the backend's (priority), both
-    by ``deadline``.
+async def _backend_slot(backend: BackendGate | Sequence[BackendGate], clock: IReactorTime,
+                        priority: int, deadline: float) -> BackendGate:
+    if isinstance(backend, BackendGate):
+        d: Deferred[Any] = backend.acquire(priority).addCallback(lambda _: backend)
+    else:
+        d = acquire_any(backend, priority)
+    if not d.called:
+        d.addTimeout(max(0.0, deadline - clock.seconds()), clock)
+    try:
+        return await d
+    except TimeoutError:
+        raise QueueTimeout("Timed out waiting for the backend.") from None
+
+
+async def admit(api: ApiGate, backend: BackendGate | Sequence[BackendGate],
+                clock: IReactorTime, *, priority: int, deadline: float) -> Ticket:
+    """The proxy's admission: the API's slot (FIFO), then a backend's (priority) -- the
+    first of ``backend`` free, or the first to free one -- both by ``deadline``.
 
     Raises ``Refused`` (queue full) or ``QueueTimeout``; cancelling the wait leaves the
     queues. Whatever way it fails, it holds nothing afterwards; on success the caller
@@ -239,91 +297,23 @@ async def admit(api: ApiGate, backend: BackendGate, clock: IReactorTime, *,
     except TimeoutError:
         raise QueueTimeout("Timed out waiting in the queue.") from None
     try:
-        d = backend.acquire(priority)
-        if not d.called:
-            await d.addTimeout(max(0.0, deadline - clock.seconds()), clock)
-    except BaseException as e:
+        gate = await _backend_slot(backend, clock, priority, deadline)
+    except BaseException:
         api.release()
-        if isinstance(e, TimeoutError):
-            raise QueueTimeout("Timed out waiting for the backend.") from None
         raise
-    return Ticket(api, backend)
+    return Ticket(api, gate)
 
 
-class QueuedBytes:
-    """The request bytes waiting in every queue together, bounded by ``limit``
-    (``max_queued_bytes``), so a burst of large bodies cannot exhaust memory."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-    def fits(self, size: int) -> bool:
-        return self.used + size <= self.limit
-
-    def take(self, size: int) -> None:
-        self.used += size
-
-    def give(self, size: int) -> None:
-        self.used -= size
-
-
-class TokenBucket:
-    """``rate_limit_rpm`` as a bucket of ``rpm`` tokens refilled at ``rpm / 60`` per second."""
-
-    def __init__(self, rpm: int, clock: IReactorTime) -> None:
-        self.rpm = rpm
-        self._clock = clock
-        self._tokens = float(rpm)
-        self._at = clock.seconds()
-
-    def take(self) -> None:
-        """Take a token or raise ``Refused('rate_limited')`` with an honest Retry-After."""
-        now = self._clock.seconds()
-        rate = self.rpm / 60.0
-        self._tokens = min(float(self.rpm), self._tokens + (now - self._at) * rate)
-        self._at = now
-        if self._tokens >= 1.0 - 1e-9:  # float error must not refuse who waited Retry-After
-            self._tokens = max(0.0, self._tokens - 1.0)
-            return
-        wait = math.ceil((1.0 - self._tokens) / rate - 1e-9)
-        raise Refused("rate_limited", max(1, wait),
-                      f"Rate limit of {self.rpm} requests per minute reached; "
-                      f"retry in {max(1, wait)} s.")
-
-
-class FailedKeyLimiter:
-    """Slows a client that keeps sending wrong keys: after ``limit`` wrong keys from one
-    source (an API and an address) within ``window_s``, its wrong keys get 429 instead
-    of 401 until the window ends. The proxy consults it for wrong keys only, so a right
-    key always works, from any address."""
-
-    def __init__(self, clock: IReactorTime, limit: int = 20, window_s: float = 60.0,
-                 max_addresses: int = 10_000) -> None:
-        self._clock = clock
-        self.limit = limit
-        self.window_s = window_s
-        self._max = max_addresses
-        self._seen: dict[Hashable, tuple[float, int]] = {}
-
-    def blocked(self, address: Hashable) -> int:
-        """Seconds until ``address`` may try again, or 0."""
-        entry = self._seen.get(address)
-        if entry is None:
-            return 0
-        start, failures = entry
-        left = start + self.window_s - self._clock.seconds()
-        if left <= 0:
-            del self._seen[address]
-            return 0
-        return math.ceil(left) if failures >= self.limit else 0
-
-    def failed(self, address: Hashable) -> None:
-        now = self._clock.seconds()
-        start, failures = self._seen.pop(address, (now, 0))
-        if now - start >= self.window_s:
-            start, failures = now, 0
-        if len(self._seen) >= self._max:
-            # Forget the oldest address (dicts keep insertion order).
-            del self._seen[next(iter(self._seen))]
-        self._seen[address] = (start, failures + 1)
+async def readmit(ticket: Ticket, backends: Sequence[BackendGate], clock: IReactorTime, *,
+                  priority: int, deadline: float) -> Ticket:
+    """Failover: give back the backend slot the ticket holds and take one of ``backends``
+    by ``deadline``, keeping the API's slot. On any failure the ticket holds nothing."""
+    if ticket.backend is not None:
+        ticket.backend.release()
+        ticket.backend = None
+    try:
+        ticket.backend = await _backend_slot(backends, clock, priority, deadline)
+    except BaseException:
+        ticket.release()
+        raise
+    return ticket

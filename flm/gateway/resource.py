@@ -2,54 +2,29 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any, Callable
+from typing import Any
 
-import attrs
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from flm.backends.base import BackendError, BackendUnavailable, ModelNotFound
 from flm.gateway import discovery
-from flm.gateway.admission import BackendGate, QueuedBytes, QueueTimeout, Refused, Ticket, admit
+from flm.gateway.admission import BackendGate, QueueTimeout, Refused, Ticket, admit, readmit
 from flm.gateway.errors import error_body
-from flm.gateway.headers import copy_response_headers, upstream_headers
+from flm.gateway.exchange import CUT_MESSAGES, Exchanging
+from flm.gateway.fleet import Member
 from flm.gateway.keys import refusal_headers
-from flm.gateway.payload import ROUTES, BytesBody, rewrite
-from flm.gateway.relay import Relay, UsageChunkFilter, usage_from_tail
+from flm.gateway.payload import ROUTES, rewrite
+from flm.gateway.relay import UsageChunkFilter
 from flm.gateway.request import check_key
 from flm.gateway.timing import Timing
+from flm.gateway.upstream import DEFAULT_MAX_QUEUED_BYTES, Retry, Upstream, affinity_key
+
+__all__ = ["CUT_MESSAGES", "DEFAULT_MAX_QUEUED_BYTES", "ProxyResource", "Upstream"]
 
 log = Logger()
-
-DEFAULT_MAX_QUEUED_BYTES = 256 * 1024 * 1024
-
-def _timed_out(result: Any, timeout: float) -> Any:
-    """Agent wraps a cancellation (``ResponseNeverReceived``...): still a timeout."""
-    if isinstance(result, Failure):
-        return Failure(TimeoutError(f"no answer in {timeout:g} s"))
-    return result
-
-
-@attrs.define
-class Upstream:
-    """What every API's resource shares: the backend, its gate, and where rows go."""
-
-    agent: IAgent
-    base_url: bytes
-    paths: frozenset[bytes]
-    gate: BackendGate
-    clock: IReactorTime
-    record: Callable[[tuple[Any, ...]], None]
-    #: Request bytes waiting in every API's queue together (``max_queued_bytes``).
-    queued: QueuedBytes = attrs.field(factory=lambda: QueuedBytes(DEFAULT_MAX_QUEUED_BYTES))
-    #: The backend adapter, for the discovery calls (tags, show) answered on API ports.
-    backend: Any = None
 
 
 class _Done(Exception):
@@ -60,7 +35,7 @@ class _Done(Exception):
         self.error = error
 
 
-class ProxyResource(Resource):
+class ProxyResource(Exchanging, Resource):
     isLeaf = True
 
     def __init__(self, runtime: Any, upstream: Upstream) -> None:
@@ -145,7 +120,8 @@ class ProxyResource(Resource):
             timing.ms(timing.admitted, timing.last_byte), (now - timing.arrived) * 1000.0,
             timing.bytes_in, timing.bytes_out, config.model, timing.prompt_tokens,
             timing.completion_tokens, request.request_id.decode("ascii"), error,
-            key.id or None, key.name))
+            key.id or None, key.name, getattr(request, "flm_backend", None),
+            getattr(request, "flm_attempts", None)))
 
     def _fail(self, request: Any, code: str, message: str, retry_after: int | None = None,
               status: int | None = None) -> _Done:
@@ -153,24 +129,31 @@ class ProxyResource(Resource):
 
     async def _forward(self, request: Any, config: Any, timing: "Timing") -> tuple[int, str | None]:
         path = request.path
+        up = self.up
+        assert up.fleet is not None
+        members = up.members(config)
         if path == b"/v1/models" or path.startswith(discovery.MODELS_PREFIX) or (
                 path in discovery.OLLAMA_DISCOVERY
-                and getattr(self.up.backend, "kind", None) == "ollama"):
-            return await self._discover(request, config, timing)
-        route = ROUTES.get(path) if path in self.up.paths else None
+                and any(m.kind == "ollama" for m in members)):
+            return await self._discover(request, config, timing, members)
+        members = [m for m in members if path in m.paths]
+        route = ROUTES.get(path) if members or path in up.paths else None
         if route is None:
             raise self._fail(request, "not_found", f"No such path on this API: "
                              f"{path.decode('utf-8', 'replace')[:100]}")
         if request.method != b"POST":
             raise self._fail(request, "method_not_allowed", "Use POST for this path.")
-        rt, up = self.runtime, self.up
+        if not members:
+            raise self._fail(request, "backend_unavailable",
+                             "No enabled backend serves this API.")
+        rt = self.runtime
         # The cheap refusals first: nothing of the body is parsed for a request refused.
         key = request.key
         try:
             rt.registry.keys.check(key)  # the key's own limits: nothing taken yet
             if rt.bucket is not None:
                 rt.bucket.take()
-            waits = rt.gate.check() or up.gate.busy
+            waits = rt.gate.check() or all(m.gate.busy for m in members)
         except Refused as r:
             rt.refused(r.code)
             for name, value in refusal_headers(r.code):
@@ -180,12 +163,15 @@ class ProxyResource(Resource):
             rt.refused("queue_full")
             raise self._fail(request, "queue_full", "Too many request bytes are waiting for "
                              "the backend; retry later.", 1, status=503)
+        raw = request.content.getvalue()
         try:
-            body, usage_filter = rewrite(request.content.getvalue(), config.model, *route)
+            body, usage_filter = rewrite(raw, config.model, *route)
+            pin = affinity_key(request, raw) if getattr(config, "affinity", None) else None
         except (ValueError, RecursionError) as e:
             # JSONDecodeError, huge integers, bad UTF-8, lone surrogates, NaN: all 400.
             raise self._fail(request, "invalid_json", f"Request body is not valid JSON: "
                              f"{str(e)[:200]}") from None
+        del raw
         # Not refused: the request counts against its key from here on.
         for name, value in rt.registry.keys.admit(key):
             request.setHeader(name, value)
@@ -195,34 +181,92 @@ class ProxyResource(Resource):
         held = len(body) if waits else 0
         up.queued.take(held)
         timing.queued = up.clock.seconds()
+        up.fleet.budget.deposit()
+        order = up.fleet.order(up.fleet.candidates(members), pin)
         try:
-            ticket = await self._admit(request, config)
+            ticket = await self._admit(request, config, [m.gate for m in order])
         finally:
             up.queued.give(held)
         try:
             timing.admitted = up.clock.seconds()
-            return await self._exchange(request, config, body, usage_filter, timing)
+            return await self._attempts(request, config, body, usage_filter, timing, ticket,
+                                        pin)
         finally:
             ticket.release()
 
-    async def _discover(self, request: Any, config: Any, timing: "Timing"
-                        ) -> tuple[int, str | None]:
-        """Discovery calls: answered for the API's model at once, never queued."""
+    async def _attempts(self, request: Any, config: Any, body: bytes,
+                        usage_filter: UsageChunkFilter | None, timing: "Timing",
+                        ticket: Ticket, pin: str | None) -> tuple[int, str | None]:
+        """Failover: a failure before the client has a byte goes to another eligible
+        backend, never the same one twice, at most ``max_retries`` more times, within
+        ``queue_timeout_s`` and the retry budget."""
+        fleet = self.up.fleet
+        assert fleet is not None
+        deadline = request.arrived + config.queue_timeout_s
+        tried: list[Member] = []
+        while True:
+            assert ticket.backend is not None
+            member = fleet.by_gate(ticket.backend)
+            tried.append(member)
+            member.requests += 1
+            request.flm_backend = member.name
+            request.flm_attempts = len(tried)
+            request.setHeader(b"x-flm-backend", member.name.encode())
+            request.setHeader(b"x-flm-attempts", b"%d" % len(tried))
+            if pin is not None:
+                fleet.pin(pin, member)
+
+            def may_retry() -> bool:
+                # the budget last: withdrawn only for a retry that happens
+                return (len(tried) <= self.up.max_retries
+                        and self.up.clock.seconds() < deadline and bool(others())
+                        and fleet.budget.withdraw())
+
+            def others() -> list[Member]:
+                return fleet.candidates([m for m in fleet.eligible(config, request.path)
+                                         if m not in tried])
+            try:
+                return await self._exchange(request, config, body, usage_filter, timing,
+                                            member, may_retry)
+            except Retry as r:
+                member.retries += 1
+                log.info("backend {name} failed ({code}); trying another", name=member.name,
+                         code=r.code)
+            try:
+                await readmit(ticket, [m.gate for m in fleet.order(others())], self.up.clock,
+                              priority=config.priority, deadline=deadline)
+            except QueueTimeout as e:
+                raise self._fail(request, "queue_timeout", str(e)) from None
+
+    async def _discover(self, request: Any, config: Any, timing: "Timing",
+                        members: list[Member]) -> tuple[int, str | None]:
+        """Discovery calls: answered for the API's model at once, never queued, by the
+        first eligible backend that is up."""
         path = request.path
+        fleet = self.up.fleet
+        assert fleet is not None
+        members = fleet.candidates(members)
+        if path in discovery.OLLAMA_DISCOVERY:
+            members = [m for m in members if m.kind == "ollama"]
+        adapter = (members[0].adapter if members else None) or self.up.backend
         method = discovery.OLLAMA_DISCOVERY.get(path, b"GET")
         if request.method != method and not (method == b"GET" and request.method == b"HEAD"):
             raise self._fail(request, "method_not_allowed",
                              f"Use {method.decode()} for {path.decode('utf-8', 'replace')}.")
         if path == b"/api/version":
             timing.queued = timing.admitted = self.up.clock.seconds()
-            return await self._exchange(request, config, None, None, timing)
+            if not members:
+                raise self._fail(request, "backend_unavailable",
+                                 "No enabled backend serves this API.")
+            return await self._exchange(request, config, None, None, timing, members[0],
+                                        lambda: False)
         try:
             if path == b"/v1/models":
                 body: bytes | None = discovery.models_list(config.model)
             elif path == b"/api/tags":
-                body = await discovery.tags(self.up.backend, config.model)
+                body = await discovery.tags(adapter, config.model)
             elif path == b"/api/show":
-                body = await discovery.show(self.up.backend, config.model,
+                body = await discovery.show(adapter, config.model,
                                             request.content.getvalue())
             else:
                 body = discovery.model_by_id(config.model, path)
@@ -243,84 +287,13 @@ class ProxyResource(Resource):
         timing.bytes_out = len(body)
         return self._send_bytes(request, 200, body), None
 
-    async def _admit(self, request: Any, config: Any) -> Ticket:
-        """Wait for the API's slot, then the backend's, within ``queue_timeout_s`` in all."""
+    async def _admit(self, request: Any, config: Any, gates: list[BackendGate]) -> Ticket:
+        """Wait for the API's slot, then a backend's, within ``queue_timeout_s`` in all."""
         try:
-            return await admit(self.runtime.gate, self.up.gate, self.up.clock,
+            return await admit(self.runtime.gate, gates, self.up.clock,
                                priority=config.priority,
                                deadline=request.arrived + config.queue_timeout_s)
         except Refused as r:
             raise self._fail(request, r.code, r.message, r.retry_after) from None
         except QueueTimeout as e:
             raise self._fail(request, "queue_timeout", str(e)) from None
-
-    async def _exchange(self, request: Any, config: Any, body: bytes | None,
-                        usage_filter: UsageChunkFilter | None, timing: "Timing") -> tuple[int, str | None]:
-        """Send ``body`` (POST), or nothing (GET), and relay the answer."""
-        clock = self.up.clock
-        timing.sent = clock.seconds()
-        d = self.up.agent.request(b"GET" if body is None else b"POST",
-                                  self.up.base_url + request.path,
-                                  upstream_headers(request.requestHeaders, request.request_id),
-                                  None if body is None else BytesBody(body))
-        try:
-            response = await d.addTimeout(config.upstream_timeout_s, clock, _timed_out)
-        except TimeoutError:
-            raise self._fail(request, "backend_timeout", "The backend did not answer in "
-                             f"{config.upstream_timeout_s:g} s.") from None
-        except CancelledError:
-            raise
-        except Exception as e:
-            if request.gone:  # the client left: Agent reports the cancel as its own failure
-                raise CancelledError() from None
-            log.info("backend unavailable: {e!r}", e=e)
-            raise self._fail(request, "backend_unavailable",
-                             "The model backend cannot be reached.") from None
-        headers_at = clock.seconds()
-        request.setResponseCode(response.code, response.phrase)
-        copy_response_headers(response.headers, request,
-                              length=response.length if usage_filter is None else None)
-        # FLM's own time is everything so far that was neither queueing nor the backend.
-        queue = (timing.admitted - timing.queued) * 1000.0
-        upstream = (headers_at - timing.sent) * 1000.0
-        flm = (headers_at - timing.arrived) * 1000.0 - queue - upstream
-        request.setHeader(b"server-timing", b"queue;dur=%.2f, upstream;dur=%.2f, flm;dur=%.2f"
-                          % (queue, upstream, max(0.0, flm)))
-        relay = Relay(request, clock, config.upstream_timeout_s, usage_filter)
-        response.deliverBody(relay)
-        error = None
-        try:
-            await relay.done
-        except CancelledError:
-            raise
-        except Exception:
-            error = "client_closed" if request.gone else (
-                getattr(request, "cut_reason", None) or relay.error)
-            if not request.gone:
-                self._cut(request, error)
-        finally:
-            # Also for a client that hung up: the row says what it was sent.
-            timing.first_byte = relay.first_byte_at
-            timing.last_byte = clock.seconds()
-            timing.bytes_out = relay.bytes_out
-            timing.prompt_tokens, timing.completion_tokens = usage_from_tail(relay.tail)
-        if not request.gone and not request.finished:
-            request.finish()
-        return response.code, error
-
-    def _cut(self, request: Any, error: str | None) -> None:
-        """The backend broke mid-body: end the client's response so it can tell."""
-        content_type = request.responseHeaders.getRawHeaders(b"content-type", [b""])[0]
-        if content_type.startswith(b"text/event-stream"):
-            # An SSE client is told why, then the stream ends cleanly.
-            message = CUT_MESSAGES.get(error or "", "The backend stopped mid-stream.")
-            event = json.dumps({"error": {"message": message, "type": "server_error",
-                                          "code": error}})
-            request.write(b"event: error\ndata: " + event.encode() + b"\n\n")
-        else:
-            # Anything else is cut short, so the client cannot take it for complete.
-            request.transport.abortConnection()
-            request.gone = True
-
-
-CUT_MESSAGES = {"shutting_down": "The gateway is shutting down; the stream was cut."}

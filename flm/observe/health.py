@@ -96,20 +96,44 @@ class Health:
     """The body and status of ``/health``."""
 
     def __init__(self, probe: BackendProbe, memory_limit: int,
-                 database: DatabaseCheck, rss: Callable[[], int]) -> None:
+                 database: DatabaseCheck, rss: Callable[[], int], fleet: Any = None,
+                 running_apis: Callable[[], list[Any]] = list) -> None:
         self._probe = probe
+        self._fleet = fleet  # several backends: their probed states decide
+        self._running_apis = running_apis
         self._limit = memory_limit
         self._database = database
         self._rss = rss  # the monitor's, which reads this process as it runs (after a fork)
 
+    def _backends(self) -> tuple[bool, bool, dict[str, str]] | None:
+        """With several backends: (all up, every running API has one not down, states)."""
+        members = [m for m in getattr(self._fleet, "members", {}).values() if m.enabled]
+        if len(getattr(self._fleet, "members", {})) <= 1:
+            return None
+        states = {m.name: m.state for m in members}
+        served = all(any(m.state != "down" for m in self._fleet.eligible(config))
+                     for config in self._running_apis())
+        return all(s == "up" for s in states.values()), served, states
+
     async def __call__(self) -> tuple[int, dict[str, Any]]:
-        reachable = await self._probe.reachable()
+        several = self._backends()
+        if several is None:
+            reachable = await self._probe.reachable()
+            all_up = served = reachable
+        else:
+            all_up, served, states = several
+            reachable = any(s != "down" for s in states.values())
+            served = served and reachable
         rss = self._rss()
         database = await self._database.writable()
-        ok = reachable and rss <= self._limit and database
-        return (200 if ok else 503), {
+        fine = rss <= self._limit and database
+        ok = all_up and fine
+        body: dict[str, Any] = {
             "status": "ok" if ok else "degraded",
             "backend": {"reachable": reachable},
             "memory": {"rss_bytes": rss, "limit_bytes": self._limit},
             "database": {"writable": database},
         }
+        if several is not None:
+            body["backends"] = states
+        return (200 if ok or (served and fine) else 503), body

@@ -60,6 +60,7 @@ class RuntimeCollector:
                                     value=gate.in_use)
             yield GaugeMetricFamily("flm_backend_queue_depth", "Requests waiting for the "
                                     "backend.", value=gate.waiting)
+        yield from _backends(getattr(getattr(self._registry, "upstream", None), "fleet", None))
         if self._logbuffer is not None:
             yield CounterMetricFamily("flm_log_rows_dropped", "Log rows dropped because the "
                                       "buffer was full.", value=self._logbuffer.dropped)
@@ -73,3 +74,34 @@ class RuntimeCollector:
                                 "bytes.", value=rss)
         yield CounterMetricFamily("process_cpu_seconds", "User and system CPU time spent in "
                                   "seconds.", value=cpu.user + cpu.system)
+
+
+def _backends(fleet: Any) -> Iterator[Any]:
+    """Per backend: up (1) or not, its state, in flight, waiting, requests, failures and
+    the requests it sent elsewhere (retries)."""
+    members = list(getattr(fleet, "members", {}).values())
+    if not members:
+        return
+    up = GaugeMetricFamily("flm_backend_up", "1 when the backend is up.", labels=["backend"])
+    state = GaugeMetricFamily("flm_backend_state", "The backend's state (1 for the current "
+                              "one).", labels=["backend", "state"])
+    in_flight = GaugeMetricFamily("flm_backend_in_flight", "Requests at the backend.",
+                                  labels=["backend"])
+    waiting = GaugeMetricFamily("flm_backend_waiting", "Requests waiting for the backend.",
+                                labels=["backend"])
+    requests = CounterMetricFamily("flm_backend_requests", "Attempts sent to the backend.",
+                                   labels=["backend"])
+    failures = CounterMetricFamily("flm_backend_failures", "Attempts that failed: connect "
+                                   "errors, timeouts, 5xx.", labels=["backend"])
+    retries = CounterMetricFamily("flm_backend_retries", "Requests that failed here and "
+                                  "went to another backend.", labels=["backend"])
+    for m in members:
+        up.add_metric([m.name], 1 if m.state == "up" else 0)
+        for name in ("up", "down", "probing"):
+            state.add_metric([m.name, name], 1 if m.state == name else 0)
+        in_flight.add_metric([m.name], m.gate.in_use)
+        waiting.add_metric([m.name], m.gate.waiting)
+        requests.add_metric([m.name], m.requests)
+        failures.add_metric([m.name], m.failures)
+        retries.add_metric([m.name], m.retries)
+    yield from (up, state, in_flight, waiting, requests, failures, retries)

@@ -6,6 +6,7 @@ both through the store's named, timed ``_read`` / ``_write``.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any, Callable, Sequence
 
@@ -24,11 +25,23 @@ class Conflict(Exception):
         self.field = field
 
 
+_BACKENDS = API_FIELDS.index("backends")
+
+
 def _record(row: Sequence[Any]) -> ApiRecord:
     values = list(row)
     for flag in ("allow_unknown_model", "insecure"):
         values[API_FIELDS.index(flag)] = bool(values[API_FIELDS.index(flag)])
+    if values[_BACKENDS] is not None:
+        values[_BACKENDS] = tuple(json.loads(values[_BACKENDS]))
     return ApiRecord(*values)
+
+
+def _stored(fields: dict[str, Any]) -> dict[str, Any]:
+    """Values as columns hold them: ``backends`` as a JSON list."""
+    if fields.get("backends") is not None:
+        fields = {**fields, "backends": json.dumps(list(fields["backends"]))}
+    return fields
 
 
 def _conflict(e: sqlite3.IntegrityError) -> Exception:
@@ -57,8 +70,8 @@ class ApiQueries(Queries):
 
     async def create_api(self, fields: dict[str, Any]) -> ApiRecord:
         now = self.now_iso()
-        row = {"insecure": False, "tls_cert": None, "tls_key": None,
-               **fields, "created_at": now, "updated_at": now, "last_used_at": None,
+        row = {"insecure": False, "tls_cert": None, "tls_key": None, "backends": None,
+               "affinity": None, **_stored(fields), "created_at": now, "updated_at": now, "last_used_at": None,
                "status_reason": fields.get("status_reason")}
         cols = [c for c in API_FIELDS if c != "id"]
 
@@ -117,7 +130,7 @@ class ApiQueries(Queries):
 
     async def update_api(self, api_id: int, fields: dict[str, Any]) -> ApiRecord | None:
         """Change fields (also ``status``, ``key_hash``...); None if the API is gone."""
-        fields = {**fields, "updated_at": self.now_iso()}
+        fields = {**_stored(fields), "updated_at": self.now_iso()}
         assignments = ", ".join(f"{k} = ?" for k in fields)
 
         def txn(c: Any) -> ApiRecord | None:

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from flm.records import utc_iso
 from flm.store import spans
 from flm.store.apis import ApiQueries, Conflict
+from flm.store.backends import BackendQueries
 from flm.store.keys import KeyQueries
 from flm.store.migrations import migrate
 from flm.store.pool import BUSY_TIMEOUT_MS, Engine, Timings, configure_writer
@@ -29,7 +30,8 @@ log = Logger()
 
 LOG_COLUMNS = ("api_id", "created_at", "method", "path", "status", "queue_ms", "ttfb_ms",
                "upstream_ms", "response_ms", "bytes_in", "bytes_out", "model",
-               "prompt_tokens", "completion_tokens", "request_id", "error", "key_id", "key_name")
+               "prompt_tokens", "completion_tokens", "request_id", "error", "key_id", "key_name",
+               "backend", "attempts")
 _ONE_ROW = f"({', '.join('?' * len(LOG_COLUMNS))})"
 # Rows per INSERT: powers of two, so a few statement texts exist (sqlite3 caches each
 # prepared one: a 256-row one holds a few hundred kB) and a batch of 500 rows takes six.
@@ -53,7 +55,7 @@ def _insert_logs_sql(n: int) -> str:
 _INSERT_LOG = _insert_logs_sql(1)  # one row, for executemany in tools and tests
 
 
-class Store(ApiQueries, KeyQueries, Service):
+class Store(ApiQueries, KeyQueries, BackendQueries, Service):
     """SQLite through ``adbapi``; stops last, after everything that writes to it."""
 
     name = "store"
@@ -213,9 +215,14 @@ def write_logs(c: Any, rows: Sequence[Sequence[Any]], last_used: dict[int, float
     """
     sizes = _chunk_sizes(c)
     first_id = i = 0
+    width = len(LOG_COLUMNS)
     while i < len(rows):
         n = next(k for k in sizes if k <= len(rows) - i)
-        c.execute(_insert_logs_sql(n), [v for row in rows[i:i + n] for v in row])
+        values = [v for row in rows[i:i + n] for v in row]
+        if len(values) != n * width:  # rows of an older shape: trailing columns null
+            values = [v for row in rows[i:i + n]
+                      for v in (*row, *(None,) * (width - len(row)))]
+        c.execute(_insert_logs_sql(n), values)
         if not i:
             first_id = c.lastrowid - n + 1
         i += n

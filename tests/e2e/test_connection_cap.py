@@ -7,7 +7,7 @@ import subprocess
 import sys
 from typing import Any, Callable
 
-from tests.e2e.conftest import Gateway, wait_for
+from tests.e2e.conftest import Gateway
 
 CAP = 3
 

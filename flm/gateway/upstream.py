@@ -1,0 +1,108 @@
+"""What every API's resource shares (:class:`Upstream`), and the failover vocabulary:
+which answers another backend may retry, and what keeps a user on one backend."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import attrs
+from twisted.internet.defer import TimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.iweb import IAgent
+
+from flm.backends.health import BackendHealth
+from flm.gateway.admission import BackendGate, QueuedBytes
+from flm.gateway.fleet import Fleet, Member
+
+DEFAULT_MAX_QUEUED_BYTES = 256 * 1024 * 1024
+
+def timed_out(result: Any, timeout: float) -> Any:
+    """Agent wraps a cancellation (``ResponseNeverReceived``...): still a timeout."""
+    if isinstance(result, Failure):
+        return Failure(TimeoutError(f"no answer in {timeout:g} s"))
+    return result
+
+
+@attrs.define
+class Upstream:
+    """What every API's resource shares: the backend, its gate, and where rows go."""
+
+    agent: IAgent
+    base_url: bytes
+    paths: frozenset[bytes]
+    gate: BackendGate
+    clock: IReactorTime
+    record: Callable[[tuple[Any, ...]], None]
+    #: Request bytes waiting in every API's queue together (``max_queued_bytes``).
+    queued: QueuedBytes = attrs.field(factory=lambda: QueuedBytes(DEFAULT_MAX_QUEUED_BYTES))
+    #: The backend adapter, for the discovery calls (tags, show) answered on API ports.
+    backend: Any = None
+    #: Every backend by name; without one given, the one above as ``default``.
+    fleet: Fleet | None = None
+    #: Failover: at most this many more backends after the first (``max_retries``).
+    max_retries: int = 2
+
+    def __attrs_post_init__(self) -> None:
+        if self.fleet is None:
+            self.fleet = Fleet(self.clock)
+            self.fleet.add(Member("default", getattr(self.backend, "kind", "ollama"),
+                                  self.base_url, self.paths, self.gate,
+                                  BackendHealth(self.clock), adapter=self.backend,
+                                  max_concurrent=self.gate.limit))
+
+            self._own_fleet = True
+
+    _own_fleet: bool = False
+
+    def members(self, config: Any) -> list[Member]:
+        """The backends ``config`` may use. A fleet made of the one backend above follows
+        what is set on this object later (tests change it in place)."""
+        assert self.fleet is not None
+        if self._own_fleet:
+            member = self.fleet.members["default"]
+            member.adapter, member.paths = self.backend, self.paths
+            member.kind = getattr(self.backend, "kind", member.kind)
+        return self.fleet.eligible(config)
+
+
+#: Statuses that say "not this backend, not now": another one may serve the request.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class Retry(Exception):
+    """This attempt failed before the client had a byte; ``code`` is what to answer if no
+    other backend may try."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Discard(Protocol):
+    """Reads a response body nobody will see, so its connection goes back to the pool."""
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
+
+def affinity_key(request: Any, raw: bytes) -> str | None:
+    """What keeps a user on one backend: ``X-Session-Id``, else the body's OpenAI ``user``."""
+    session = request.requestHeaders.getRawHeaders(b"x-session-id")
+    if session:
+        return "s:" + session[0].decode("latin-1")[:200]
+    payload = json.loads(raw)
+    user = payload.get("user") if isinstance(payload, dict) else None
+    return "u:" + user[:200] if isinstance(user, str) and user else None
+
+
+def reason(e: BaseException) -> str:
+    reasons = getattr(e, "reasons", None)
+    if reasons:
+        return reasons[0].getErrorMessage()[:200]
+    return (str(e) or type(e).__name__)[:200]
+
