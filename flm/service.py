@@ -14,12 +14,13 @@ from twisted.logger import Logger
 
 from flm import keys
 from flm.admin.apis import Apis
+from flm.admin.app import AdminApp
 from flm.admin.backends import Backends
-from flm.admin.fleet_models import FleetModels, FleetPulls, merged_models
-from flm.admin.app import AdminApp, AdminSite
 from flm.admin.events import EventHub
+from flm.admin.fleet_models import FleetModels, FleetPulls, merged_models
 from flm.admin.models import ModelsAdmin
 from flm.admin.observe import Observe
+from flm.admin.site import AdminSite
 from flm.backends import backend_base_url, make_backend, probe_path
 from flm.backends.catalog import ModelCache
 from flm.backends.health import BackendHealth, Prober, probe_backend
@@ -37,6 +38,7 @@ from flm.observe.metrics import Metrics
 from flm.observe.monitor import Monitor
 from flm.observe.retention import Retention
 from flm.observe.usage import UsageFlush
+from flm.records import BackendRecord
 from flm.startup import (
     DataDirLock,
     Owner,
@@ -46,7 +48,6 @@ from flm.startup import (
     make_data_dir,
     raise_open_files,
 )
-from flm.records import BackendRecord
 from flm.store import Store
 
 log = Logger()

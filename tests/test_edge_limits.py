@@ -18,7 +18,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from flm import keys
-from flm.admin.app import AdminApp, AdminSite
+from flm.admin.app import AdminApp
+from flm.admin.site import AdminSite
 from flm.gateway.admission import BackendGate
 from flm.gateway.registry import ApiRuntime, ApiSite, Registry
 from flm.gateway.resource import ROUTES, Upstream

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import hmac
-import ipaddress
-import json
 from typing import Any, Awaitable, Callable
-from urllib.parse import unquote_to_bytes
 
-from klein import Klein
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from werkzeug.exceptions import HTTPException
@@ -18,89 +12,18 @@ from werkzeug.exceptions import HTTPException
 from flm import keys
 from flm.admin.apis import Apis
 from flm.admin.dashboard import Dashboard
-from flm.admin.events import EventHub, parse_types
 from flm.admin.errors import AdminError, error, json_body
+from flm.admin.events import EventHub, parse_types
 from flm.admin.keys import grace_of
 from flm.admin.observe import PROMETHEUS_CONTENT_TYPE
+from flm.admin.site import AdminKlein, loopback_peer, shield
 from flm.admin.validation import no_fields, optional_json, page_limit, parse_json
-from flm.http.edge import GuardedSite
-from flm.http.request import BoundedRequest
 
 log = Logger()
 
 
-class AdminRequest(BoundedRequest):
-    def check_headers(self) -> None:
-        # A web page cannot reach a loopback admin API through DNS rebinding when only
-        # known host names are answered.
-        allowed = self.channel.site.allowed_hosts
-        host = (self.requestHeaders.getRawHeaders(b"host", [b""])[0]
-                .decode("latin-1").strip().lower())
-        if "*" not in allowed and _without_port(host) not in allowed:
-            self.refuse(421, self.channel.site.error_body(
-                421, "host_not_allowed", f"This admin API does not answer to Host {host[:100]!r}."))
-            return
-        try:  # Klein would answer a text/html 400 and log a traceback
-            unquote_to_bytes(self.request_line[1].split(b"?", 1)[0]).decode("utf-8")
-            host.encode("latin-1").decode("utf-8")
-        except UnicodeError:
-            self.refuse(400, self.channel.site.error_body(
-                400, "bad_request", "The path or Host is not UTF-8 once percent-decoded."))
-
-
-def _without_port(host: str) -> str:
-    if host.startswith("["):
-        return host[:host.find("]") + 1] if "]" in host else host
-    return host.split(":")[0] if host.count(":") == 1 else host
-
-
-def _loopback_peer(request: Any) -> bool:
-    host = getattr(request.getClientAddress(), "host", None)
-    if host is None:  # a UNIX socket: only this machine reaches it
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class AdminSite(GuardedSite):
-    requestFactory = AdminRequest
-    allowed_hosts: frozenset[str] = frozenset({"*"})
-
-    def error_body(self, status: int, code: str, message: str) -> bytes:
-        return json.dumps({"error": {"code": code, "message": message}}).encode()
-
-
-def shield(coro: Awaitable[Any]) -> Deferred[Any]:
-    """Run a mutation to its end even if the client hangs up (Klein cancels routes then)."""
-    inner = Deferred.fromCoroutine(coro)  # type: ignore[arg-type]
-    outer: Deferred[Any] = Deferred()
-    inner.chainDeferred(outer)
-    return outer
-
-
-class _Klein(Klein):
-    """Every route checks the admin token first, unless it is declared ``public=True``:
-    a new route cannot forget it."""
-
-    def route(self, url: str, *args: Any, public: bool = False, **kwargs: Any) -> Any:
-        register = super().route(url, *args, **kwargs)
-        if public:
-            return register
-
-        def deco(f: Any) -> Any:
-            @functools.wraps(f)
-            def authorized(instance: Any, request: Any, *a: Any, **kw: Any) -> Any:
-                instance.check_token(request)
-                return f(instance, request, *a, **kw)
-            register(authorized)
-            return f
-        return deco
-
-
 class AdminApp:
-    app = _Klein()
+    app = AdminKlein()
 
     def __init__(self, *, token: str, apis: Apis, health: Callable[[], Awaitable[tuple[int, dict]]],
                  models: Any = None, observe: Any = None, admin_loopback: bool = True,
@@ -336,7 +259,7 @@ class AdminApp:
 
     @app.route("/metrics", methods=["GET"], public=True)
     def prometheus(self, request: Any) -> bytes:
-        if not (self._metrics_public or (self._admin_loopback and _loopback_peer(request))):
+        if not (self._metrics_public or (self._admin_loopback and loopback_peer(request))):
             self.check_token(request)
         if self._observe is None:
             raise AdminError(404, "not_found", "Metrics are not available.")
