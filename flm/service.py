@@ -213,6 +213,9 @@ class FLMService(MultiService):
         self.pulls.observers.append(lambda state: self.events.publish("pull", state))
         apis.publish = self.events.publisher("api")
         apis.keys.publish = self.events.publisher("key")
+        self.on_backend_change = lambda member: self.events.publish("backend", {
+            "name": member.name, "state": member.health.state,
+            "last_error": member.health.last_error})
         apis.forget = self.metrics.forget
         self.monitor = Monitor(reactor, interval=settings.monitor_interval_s,
                                memory_limit=settings.memory_limit)
