@@ -59,8 +59,14 @@ class _Waking:
         finally:
             self._waking = False
 
+    _waiting: Any  # the waiters, in the order the subclass keeps them
+
+    def release(self) -> None:
+        self.tokens += 1
+        self._wake()
+
     def _has_waiters(self) -> bool:
-        raise NotImplementedError
+        return bool(self._waiting)
 
     def _pop(self) -> Any:
         raise NotImplementedError
@@ -118,12 +124,6 @@ class ApiGate(_Waking):
         self._waiting.append(d)
         return d
 
-    def release(self) -> None:
-        self.tokens += 1
-        self._wake()
-
-    def _has_waiters(self) -> bool:
-        return bool(self._waiting)
 
     def _pop(self) -> Deferred[None]:
         return self._waiting.popleft()
@@ -189,12 +189,6 @@ class BackendGate(_Waking):
         self._waiting.append(entry)
         return d
 
-    def release(self) -> None:
-        self.tokens += 1
-        self._wake()
-
-    def _has_waiters(self) -> bool:
-        return bool(self._waiting)
 
     def _pop(self) -> tuple[Any, ...]:
         now = self._clock.seconds()
