@@ -119,6 +119,8 @@ def test_api_page_stop_start_create_and_revoke_a_key(gateway: Gateway, new_page:
     sign_in(page, gateway.admin_url + "/", gateway.token)
     page.get_by_role("searchbox").fill(api["name"])
     page.get_by_role("link", name=api["name"]).click()
+    # the queue, per backend the API may use
+    expect(page.get_by_text("Backend default (up, all APIs)")).to_be_visible()
     page.get_by_role("button", name="Stop").click()
     expect(page.get_by_role("button", name="Start")).to_be_visible()
     page.get_by_role("button", name="Start").click()

@@ -602,10 +602,21 @@ class ApiPage {
     let sys;
     try { sys = await call("GET", "api/system"); } catch (e) { this.queue.textContent = `Queue: ${e.message}`; clearInterval(this.timer); return; }
     const mine = sys.apis[this.api.name];
+    // Each backend this API may use (its own list, else every enabled one), shared by all APIs.
+    let backends = [];
+    try { backends = (await call("GET", "api/backends")).items || []; } catch (e) { backends = []; }
+    const named = this.api.backends && this.api.backends.length ? this.api.backends : null;
+    const rows = backends.filter((b) => named ? named.includes(b.name) : b.enabled)
+      .flatMap((b) => [h("dt", {}, `Backend ${b.name} (${b.state}, all APIs)`),
+        h("dd", {}, `${b.in_flight} in flight of ${b.max_concurrent}, ${b.waiting} waiting`)]);
+    if (!rows.length && sys.backend) {
+      rows.push(h("dt", {}, "Backend (all APIs)"),
+        h("dd", {}, `${sys.backend.in_use} in use of ${sys.backend.limit}, ${sys.backend.waiting} waiting`));
+    }
     this.queue.replaceChildren(h("dl", { class: "kv" },
       h("dt", {}, "In flight"), h("dd", {}, mine ? `${mine.in_flight} of ${this.api.max_concurrent}` : "not running"),
       h("dt", {}, "Waiting"), h("dd", {}, mine ? `${mine.queue_depth} of ${this.api.max_queue}` : "—"),
-      h("dt", {}, "Backend (all APIs)"), h("dd", {}, `${sys.backend.in_use} in use of ${sys.backend.limit}, ${sys.backend.waiting} waiting`)));
+      ...rows));
   }
 
   logFilters() {
