@@ -17,6 +17,7 @@ import pytest
 
 from tests.browser.conftest import sign_in
 from tests.e2e.conftest import Gateway, free_port, port_open, wait_for
+from tests.fakes.backend import FakeProcess
 
 
 def expect(locator: Any) -> Any:
@@ -269,3 +270,39 @@ def test_stale_badge_while_flm_is_down_then_live_again(fresh_gateway: Gateway, n
     expect(badge).to_contain_text("Stale")
     fresh_gateway.start()
     expect(badge).to_have_text("Live", timeout=15_000)
+
+
+def test_add_edit_and_disable_a_backend(gateway_factory: Any, new_page: Any, console: Any,
+                                        tmp_path: Any) -> None:
+    console.allow_status(422)  # the wrong URL below, said in words
+    gw = gateway_factory()
+    second = FakeProcess(str(tmp_path / "second.log")).start()
+    try:
+        page = new_page()
+        sign_in(page, gw.admin_url + "/", gw.token)
+        page.get_by_role("link", name="Backends").click()
+        page.get_by_role("button", name="Add backend").click()
+        form = page.get_by_role("form", name="Add backend")
+        form.get_by_label("Name").fill("gpu-box")
+        form.get_by_label("URL").fill(second.url)
+        form.get_by_label("Max concurrent").fill("3")
+        form.get_by_role("button", name="Save").click()
+        table = page.get_by_role("table", name="Backends")
+        row = table.get_by_role("row", name=re.compile("gpu-box"))
+        expect(row).to_contain_text("up", timeout=20_000)
+        expect(row).to_contain_text("of 3")
+        page.get_by_role("button", name="Edit gpu-box").click()
+        page.get_by_role("form", name="Edit gpu-box").get_by_label("Weight").fill("5")
+        page.get_by_role("form", name="Edit gpu-box").get_by_role("button", name="Save").click()
+        page.get_by_role("button", name="Disable gpu-box").click()
+        expect(row).to_contain_text("disabled")
+        stored = gw.admin("GET", "/api/backends/gpu-box").json()
+        assert (stored["weight"], stored["enabled"], stored["max_concurrent"]) == (5, False, 3)
+        page.get_by_role("button", name="Add backend").click()  # a wrong URL is said in words
+        form = page.get_by_role("form", name="Add backend")
+        form.get_by_label("Name").fill("bad")
+        form.get_by_label("URL").fill("localhost:11434")
+        form.get_by_role("button", name="Save").click()
+        expect(form.get_by_role("alert")).to_contain_text("url")
+    finally:
+        second.stop()
