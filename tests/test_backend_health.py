@@ -90,6 +90,18 @@ class StateMachineTests(SynchronousTestCase):
             self.assertIn(h.state, ("up", "down", "probing"))
 
 
+class LastErrorTests(SynchronousTestCase):
+    def test_the_error_stays_while_down_and_goes_when_up_again(self) -> None:
+        health = BackendHealth(Clock())
+        for _ in range(3):
+            health.probed(ProbeResult.DOWN, "connection refused")
+        self.assertEqual((health.state, health.last_error), ("down", "connection refused"))
+        health.probed(ProbeResult.UP)
+        self.assertEqual(health.last_error, "connection refused")  # not up yet: 1 of 2
+        health.probed(ProbeResult.UP)
+        self.assertEqual((health.state, health.last_error), ("up", None))
+
+
 class ProberTests(SynchronousTestCase):
     def test_probes_with_jitter_and_a_timeout(self) -> None:
         clock = Clock()

@@ -59,3 +59,13 @@ def test_the_list_reads_usage_and_never_the_secret() -> None:
         "expires_at": None, "last_used_at": None, "key": "flm-secret",
         "usage": {"requests_today": 5, "tokens_today": 120, "tokens_month": 900}}]})
     assert "flm-secret" not in text and "never" in text and "900" in text
+
+
+def test_an_expiry_too_far_away_is_a_usage_error_not_a_traceback() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="too far in the future"):
+        cli_keys.expiry("99999999d")
+
+
+def test_an_expiry_that_is_neither_says_what_it_takes() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="not a duration"):
+        cli_keys.expiry("tomorrow")

@@ -207,14 +207,15 @@ class Backends:
         kind = fields.get("kind", old.kind)
         if "url" in fields or "kind" in fields:
             fields["url"] = backend_base_url(kind, fields.get("url", old.url))
+            if name == "default" and (fields["url"], kind) != (old.url, old.kind):
+                # Checked before anything is written: --backend* set it at every start.
+                raise invalid("url" if fields["url"] != old.url else "kind",
+                              "the backend 'default' is set by --backend and --backend-kind")
         record = await self.store.update_backend(name, fields) if fields else old
         if record is None:
             raise AdminError(404, "not_found", f"No backend named {name[:100]!r}.")
         member = self.fleet.members.get(name)
         if member is None or (record.url, record.kind) != (old.url, old.kind):
-            if member is not None and name == "default":
-                raise invalid("url", "the backend 'default' is set by --backend and "
-                                     "--backend-kind")
             member = self.make_member(record)
             self.fleet.add(member)
             self.fleet.on_change(member)

@@ -46,6 +46,8 @@ class BackendHealth:
     def _set(self, state: str) -> None:
         if state != self.state:
             self.state = state
+            if state == "up":
+                self.last_error = None  # an up backend shows no old error as if current
             self.on_change(self)
 
     def probed(self, result: ProbeResult, error: str | None = None) -> None:

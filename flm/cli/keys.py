@@ -39,8 +39,17 @@ def expiry(text: str, now: Callable[[], datetime] = lambda: datetime.now(timezon
     try:
         seconds = duration_s(text)
     except argparse.ArgumentTypeError:
-        return text  # an ISO time: the server checks it and names the field if it is wrong
-    at = now() + timedelta(seconds=seconds)
+        try:  # an ISO time: the server checks its range and names the field
+            datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"not a duration (30d, 12h, 90s...), an ISO 8601 time or never: {text!r}"
+            ) from None
+        return text
+    try:
+        at = now() + timedelta(seconds=seconds)
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"too far in the future: {text!r}") from None
     return at.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 

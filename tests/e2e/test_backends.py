@@ -268,3 +268,17 @@ def test_pulls_go_to_every_ollama_backend_or_the_one_named(
     assert r.status_code == 204, r.text
     assert ["everywhere:1b" in names(f) for f in fakes] == [True, True, False]
     assert gw.admin("DELETE", "/api/models/everywhere:1b?backend=nope").status_code == 422
+
+
+@pytest.mark.parametrize("field, value", [("url", "http://127.0.0.1:9"), ("kind", "openai")])
+def test_the_default_backend_refuses_a_new_url_or_kind_and_keeps_its_own(
+        gateway: Gateway, field: str, value: str) -> None:
+    """--backend* set ``default`` at every start: a PATCH of its url or kind is a 422 that
+    changes nothing (it was refused yet saved, found by a newcomer trial)."""
+    before = gateway.admin("GET", "/api/backends/default").json()
+    answer = gateway.admin("PATCH", "/api/backends/default", {field: value})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["message"].startswith(f"{field}:"), answer.text
+    after = gateway.admin("GET", "/api/backends/default").json()
+    assert (after["url"], after["kind"], after["updated_at"]) == (
+        before["url"], before["kind"], before["updated_at"])
