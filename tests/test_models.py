@@ -342,3 +342,18 @@ def test_aggregation_sums_the_latest_of_each_layer(lines: list[tuple[str, int, i
     assert 0.0 <= state["percent"] <= 100.0
     assert state["eta_s"] is None or state["eta_s"] >= 0
     json.dumps(state)
+
+
+def test_lists_now_matches_ollama_names_and_follows_a_new_list() -> None:
+    """The request path asks this per request: Ollama's idea of the same model, and the
+    answer follows the newest list."""
+    from twisted.internet.task import Clock
+
+    from flm.backends.catalog import ModelList
+    cache = ModelCache(None, Clock())  # type: ignore[arg-type]
+    assert cache.lists_now("llama3.2") is None  # no list yet
+    cache._last = ModelList([{"name": "library/Llama3.2:latest"}, {"name": "qwen:0.5b"}], 0.0)
+    assert cache.lists_now("llama3.2") and cache.lists_now("qwen:0.5b")
+    assert cache.lists_now("qwen") is False
+    cache._last = ModelList([{"name": "qwen"}], 1.0)
+    assert cache.lists_now("qwen:latest") and cache.lists_now("llama3.2") is False

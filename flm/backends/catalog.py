@@ -13,6 +13,7 @@ from flm.backends.base import (
     Backend,
     BackendError,
     BackendUnavailable,
+    model_key,
     same_model,
 )
 from flm.records import utc_iso
@@ -44,6 +45,8 @@ class ModelCache:
         self.ttl_s = ttl_s
         self.retry_s = retry_s
         self._last: ModelList | None = None  # the last list fetched
+        self._keys_of: ModelList | None = None  # the list ``_keys`` was made of
+        self._keys: frozenset[str] = frozenset()
         self._serving: ModelList | None = None  # what get() answers until _fresh_until
         self._fresh_until = float("-inf")
         self._generation = 0
@@ -67,9 +70,13 @@ class ModelCache:
     def lists_now(self, name: str) -> bool | None:
         """Without waiting: whether the last list fetched has ``name`` (None: no list yet).
         The request path asks this to route a model to the backends that have it."""
-        if self._last is None:
+        last = self._last
+        if last is None:
             return None
-        return _lists(self._last, name)
+        if self._keys_of is not last:  # once per list fetched, not once per request
+            self._keys_of = last
+            self._keys = frozenset(model_key(str(m.get("name", ""))) for m in last.models)
+        return name in self._keys or model_key(name) in self._keys
 
     async def known(self, name: str) -> bool | None:
         """True if the backend lists ``name``, False if not, None when it cannot tell."""
