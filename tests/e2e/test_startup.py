@@ -157,10 +157,12 @@ def _api_status(data_dir: Path, api_id: int) -> str:
 
 @pytest.mark.parametrize("daemonize", [False, True], ids=["nodaemon", "daemon"])
 def test_busy_admin_port_exits_at_once_having_opened_nothing(
-        tmp_path: Path, fake: FakeProcess, busy_port: int, daemonize: bool) -> None:
+        tmp_path: Path, fake: FakeProcess, busy_port: int, daemonize: bool,
+        request: pytest.FixtureRequest) -> None:
     data_dir, api = _store_running_api(tmp_path, fake)
     mode = ["-n", "--pidfile="] if not daemonize else [
         f"--pidfile={tmp_path / 'd.pid'}", f"--logfile={tmp_path / 'd.log'}"]
+    request.addfinalizer(lambda: _kill_daemon(tmp_path / "d.pid"))  # should it ever start
     result = twistd(*mode, "flm", "--data-dir", str(data_dir),
                     "--admin", f"tcp:{busy_port}:interface=127.0.0.1", "--backend", fake.url,
                     cwd=tmp_path)
@@ -172,6 +174,14 @@ def test_busy_admin_port_exits_at_once_having_opened_nothing(
     log_file = tmp_path / "d.log"
     log = log_file.read_text() if log_file.exists() else ""
     assert "listening on" not in log and "AttributeError" not in log, log
+
+
+def _kill_daemon(pidfile: Path) -> None:
+    """A daemon that started although it should not have must not outlive the test."""
+    try:
+        os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
 
 
 # -- item 3: settings checked at start, one line each -----------------------------------
