@@ -60,6 +60,15 @@ class _Waking:
             self._waking = False
 
     _waiting: Any  # the waiters, in the order the subclass keeps them
+    limit: int
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def in_use(self) -> int:
+        return self.limit - self.tokens
 
     def release(self) -> None:
         self.tokens += 1
@@ -97,13 +106,6 @@ class ApiGate(_Waking):
         self.limit = limit
         self._wake()
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
-    @property
-    def in_use(self) -> int:
-        return self.limit - self.tokens
 
     def check(self) -> bool:
         """Whether a request arriving now would wait; ``Refused`` if the queue is full."""
@@ -156,13 +158,6 @@ class BackendGate(_Waking):
         # (priority, arrived, seq, deferred, value it fires with, the entries of its group)
         self._waiting: list[tuple[Any, ...]] = []
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
-    @property
-    def in_use(self) -> int:
-        return self.limit - self.tokens
 
     @property
     def busy(self) -> bool:
