@@ -26,8 +26,9 @@ def _reject_constant(name: str) -> None:
 
 
 def rewrite(raw: bytes, model: str, streams_by_default: bool, takes_usage: bool
-            ) -> tuple[bytes, UsageChunkFilter | None]:
-    """The body to send upstream: ``model`` set, usage asked for on OpenAI streams.
+            ) -> tuple[bytes, UsageChunkFilter | None, str | None]:
+    """The body to send upstream: ``model`` set, usage asked for on OpenAI streams; and
+    the OpenAI ``user`` field, for affinity (the body is parsed here, once).
 
     Its own function so the parsed tree is gone once it returns: a queued request holds
     only the bytes (a 13.8 MiB body parsed is several times that in objects).
@@ -44,4 +45,6 @@ def rewrite(raw: bytes, model: str, streams_by_default: bool, takes_usage: bool
             options["include_usage"] = True
             payload["stream_options"] = options
             usage_filter = UsageChunkFilter()
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(), usage_filter
+    user = payload.get("user")
+    return (json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(),
+            usage_filter, user if isinstance(user, str) and user else None)

@@ -165,8 +165,8 @@ class ProxyResource(Exchanging, Resource):
                              "the backend; retry later.", 1, status=503)
         raw = request.content.getvalue()
         try:
-            body, usage_filter = rewrite(raw, config.model, *route)
-            pin = affinity_key(request, raw) if getattr(config, "affinity", None) else None
+            body, usage_filter, user = rewrite(raw, config.model, *route)
+            pin = affinity_key(request, user) if getattr(config, "affinity", None) else None
         except (ValueError, RecursionError) as e:
             # JSONDecodeError, huge integers, bad UTF-8, lone surrogates, NaN: all 400.
             raise self._fail(request, "invalid_json", f"Request body is not valid JSON: "

@@ -3,7 +3,6 @@ which answers another backend may retry, and what keeps a user on one backend.""
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable
 
 import attrs
@@ -90,14 +89,13 @@ class Discard(Protocol):
 
 
 
-def affinity_key(request: Any, raw: bytes) -> str | None:
-    """What keeps a user on one backend: ``X-Session-Id``, else the body's OpenAI ``user``."""
+def affinity_key(request: Any, user: str | None) -> str | None:
+    """What keeps a user on one backend: ``X-Session-Id``, else the body's OpenAI ``user``
+    (as :func:`flm.gateway.payload.rewrite` found it)."""
     session = request.requestHeaders.getRawHeaders(b"x-session-id")
     if session:
         return "s:" + session[0].decode("latin-1")[:200]
-    payload = json.loads(raw)
-    user = payload.get("user") if isinstance(payload, dict) else None
-    return "u:" + user[:200] if isinstance(user, str) and user else None
+    return "u:" + user[:200] if user else None
 
 
 def reason(e: BaseException) -> str:
