@@ -74,6 +74,7 @@ class Gateway:
         self.proc: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(timeout=10)
         self.keys: list[str] = []
+        self.ports: set[int] = set()
 
     def command(self) -> list[str]:
         config = write_config(self.tmp / "flm.toml", self.settings) if self.settings else None
@@ -140,9 +141,18 @@ class Gateway:
             all_headers.setdefault("Content-Type", "application/json")
         return self.http.request(method, self.admin_url + path, json=json, content=content, headers=all_headers)
 
+    def unused_port(self) -> int:
+        """A free port no API of this gateway holds: a stopped API keeps its port unbound."""
+        port = free_port()
+        while port in self.ports:
+            port = free_port()
+        self.ports.add(port)
+        return port
+
     def create_api(self, **fields: Any) -> dict[str, Any]:
         """Create an API (unique name, free port, the fake's first model); wait for its port."""
-        body = {"name": f"api-{uuid.uuid4().hex[:10]}", "model": DEFAULT_MODEL, "port": free_port(), **fields}
+        body = {"name": f"api-{uuid.uuid4().hex[:10]}", "model": DEFAULT_MODEL,
+                "port": self.unused_port(), **fields}
         response = self.admin("POST", "/api/apis", body)
         assert response.status_code == 201, (response.status_code, response.text)
         api: dict[str, Any] = response.json()

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from flm.cli import main
-from tests.e2e.conftest import Gateway, api_url, free_port, wait_for
+from tests.e2e.conftest import Gateway, api_url, wait_for
 from tests.test_cli import pull_state
 
 
@@ -42,7 +42,7 @@ def flm(gw: Gateway, capsys: Any, *argv: str, code: int = 0) -> str:
 
 
 def test_apis_commands_end_to_end(gateway: Gateway, capsys: Any) -> None:
-    name, port = f"cli-{uuid.uuid4().hex[:8]}", free_port()
+    name, port = f"cli-{uuid.uuid4().hex[:8]}", gateway.unused_port()
     out = flm(gateway, capsys, "apis", "create", name, "--model", "llama3.2:1b", "--port",
               str(port), "--max-queue", "4", "--rate-limit-rpm", "60")
     assert out.startswith(f"Created API {name} (id ") and f"running on port {port}" in out, out
@@ -235,7 +235,7 @@ def test_the_console_script_prints_its_version(gateway: Gateway) -> None:
 
 
 def test_create_sends_every_option(gateway: Gateway, capsys: Any) -> None:
-    name, port = f"cli-{uuid.uuid4().hex[:8]}", free_port()
+    name, port = f"cli-{uuid.uuid4().hex[:8]}", gateway.unused_port()
     out = flm(gateway, capsys, "apis", "create", name, "--model", "not-listed:7b", "--port",
               str(port), "--queue-timeout", "2.5", "--upstream-timeout", "120",
               "--rate-limit-rpm", "60", "--priority", "5", "--max-concurrent", "2",

@@ -13,7 +13,7 @@ import pytest
 
 from flm import cli
 from flm.cli.client import AdminClient
-from tests.e2e.conftest import Gateway, free_port
+from tests.e2e.conftest import Gateway
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +40,7 @@ def test_json_delete_prints_an_object(gateway: Gateway, capsys: Any) -> None:
 def test_create_with_host_and_list_shows_it(gateway: Gateway, capsys: Any) -> None:
     api = name()
     assert flm(gateway, "apis", "create", api, "--model", "llama3.2:1b", "--host", "127.0.0.1",
-               "--port", str(free_port()), "--no-start") == 0
+               "--port", str(gateway.unused_port()), "--no-start") == 0
     capsys.readouterr()
     assert flm(gateway, "apis", "list") == 0
     out = capsys.readouterr().out
