@@ -41,12 +41,6 @@ class BackendProbe:
         return self._reachable
 
 
-def _touch(cursor: Any) -> None:
-    """A write that changes nothing: ``user_version`` set to itself (page 1 is rewritten)."""
-    version = cursor.execute("PRAGMA user_version").fetchone()[0]
-    cursor.execute(f"PRAGMA user_version = {int(version)}")
-
-
 class DatabaseCheck:
     """Can the database be written now? A tiny write in a transaction, at most once per
     ``cache_s`` and one at a time; one that takes over ``timeout_s`` (another writer holds
@@ -77,7 +71,7 @@ class DatabaseCheck:
 
     async def _check(self) -> bool:
         try:
-            write = self._store.run_write("health_write_check", _touch)
+            write = self._store.write_check()
             await write.addTimeout(self._timeout_s, self._clock)
             self._writable = True
         except CancelledError:

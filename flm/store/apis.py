@@ -7,12 +7,12 @@ both through the store's named, timed ``_read`` / ``_write``.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any, Callable, Sequence
 
 from twisted.internet.defer import Deferred
 
 from flm.records import API_FIELDS, ApiRecord
+from flm.store.engine import integrity_error, unique_columns
 
 _API_COLUMNS = ", ".join(API_FIELDS)
 
@@ -44,8 +44,8 @@ def _stored(fields: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _conflict(e: sqlite3.IntegrityError) -> Exception:
-    text = str(e)
+def _conflict(e: Exception) -> Exception:
+    text = unique_columns(e)
     for field in ("name", "port"):
         if f"apis.{field}" in text:
             return Conflict(field)
@@ -77,11 +77,13 @@ class ApiQueries(Queries):
 
         def txn(c: Any) -> ApiRecord:
             try:
-                c.execute(f"INSERT INTO apis ({', '.join(cols)}) VALUES "
-                          f"({', '.join('?' * len(cols))})", [row[k] for k in cols])
-            except sqlite3.IntegrityError as e:
+                api_id = c.execute(f"INSERT INTO apis ({', '.join(cols)}) VALUES "
+                                   f"({', '.join('?' * len(cols))}) RETURNING id",
+                                   [row[k] for k in cols]).fetchone()[0]
+            except Exception as e:
+                if not integrity_error(e):
+                    raise
                 raise _conflict(e) from None
-            api_id = c.lastrowid
             # Its first key, named 'default' (flm.store.keys).
             c.execute("INSERT INTO api_keys (api_id, name, key_hash, prefix, created_at) "
                       "VALUES (?, 'default', ?, ?, ?)",
@@ -137,7 +139,9 @@ class ApiQueries(Queries):
             try:
                 c.execute(f"UPDATE apis SET {assignments} WHERE id = ?",
                           [*fields.values(), api_id])
-            except sqlite3.IntegrityError as e:
+            except Exception as e:
+                if not integrity_error(e):
+                    raise
                 raise _conflict(e) from None
             c.execute(f"SELECT {_API_COLUMNS} FROM apis WHERE id = ?", (api_id,))
             row = c.fetchone()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any, Sequence
 
 from flm.records import BACKEND_FIELDS, BackendRecord
 from flm.store.apis import Conflict, Queries
+from flm.store.engine import integrity_error
 
 _COLUMNS = ", ".join(BACKEND_FIELDS)
 
@@ -43,7 +43,9 @@ class BackendQueries(Queries):
                 c.execute(f"INSERT INTO backends ({_COLUMNS}) VALUES "
                           f"({', '.join('?' * len(BACKEND_FIELDS))})",
                           [row[k] for k in BACKEND_FIELDS])
-            except sqlite3.IntegrityError:
+            except Exception as e:
+                if not integrity_error(e):
+                    raise
                 raise Conflict("name") from None
             c.execute(f"SELECT {_COLUMNS} FROM backends WHERE name = ?", (row["name"],))
             return _record(c.fetchone())

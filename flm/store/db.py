@@ -1,5 +1,5 @@
-"""The store: SQLite through adbapi, one writer and one read-only connection (see
-:mod:`flm.store.pool`), every query named and timed.
+"""The store: SQLite (:mod:`flm.store.pool`) or PostgreSQL (:mod:`flm.store.pg`) through
+adbapi, behind one engine interface (:mod:`flm.store.engine`), every query named and timed.
 
 Deleting an API answers at once; its log rows go in the background, in short write
 transactions, resumed at the next start if the process stops first.
@@ -20,9 +20,11 @@ from flm.records import utc_iso
 from flm.store import spans
 from flm.store.apis import ApiQueries, Conflict
 from flm.store.backends import BackendQueries
+from flm.store.engine import Engine, dialect
 from flm.store.keys import KeyQueries
-from flm.store.migrations import migrate
-from flm.store.pool import BUSY_TIMEOUT_MS, Engine, Timings, configure_writer
+from flm.store.pg import PostgresEngine, is_postgresql
+from flm.store.pool import SQLiteEngine
+from flm.store.timings import Timings
 
 __all__ = ["Conflict", "LOG_COLUMNS", "Store"]
 
@@ -40,6 +42,8 @@ _CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
 
 
 def _chunk_sizes(c: Any) -> tuple[int, ...]:
+    if dialect(c) == "postgresql":
+        return _CHUNKS  # up to 65,535 parameters a statement
     try:
         limit = c.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     except AttributeError:  # a cursor of another driver, or a plain sqlite3.Connection
@@ -55,17 +59,24 @@ def _insert_logs_sql(n: int) -> str:
 _INSERT_LOG = _insert_logs_sql(1)  # one row, for executemany in tools and tests
 
 
+def make_engine(database: Path | str, reactor: Any = None) -> Engine:
+    """``postgresql://...`` or a SQLite file (a path, or ``sqlite:PATH``)."""
+    if is_postgresql(database):
+        return PostgresEngine(str(database), reactor)
+    return SQLiteEngine(Path(str(database).removeprefix("sqlite:")), reactor)
+
+
 class Store(ApiQueries, KeyQueries, BackendQueries, Service):
-    """SQLite through ``adbapi``; stops last, after everything that writes to it."""
+    """The database through ``adbapi``; stops last, after everything that writes to it."""
 
     name = "store"
     purge_batch = 2000  # log rows of a deleted API per write transaction (as retention)
 
-    def __init__(self, path: Path, *, reactor: Any = None,
+    def __init__(self, database: Path | str, *, reactor: Any = None,
                  now: Callable[[], float] = time.time) -> None:
-        self.path = Path(path)
         self._now = now
-        self._engine = Engine(self.path, reactor)
+        self._engine = make_engine(database, reactor)
+        self.path: Path | None = getattr(self._engine, "path", None)  # SQLite's file
         self.opened_last_id = 0  # the newest log row when the store opened
         self._purging: Deferred[None] | None = None
         self._stopping = False
@@ -85,24 +96,20 @@ class Store(ApiQueries, KeyQueries, BackendQueries, Service):
     def open(self) -> None:
         """Check and migrate synchronously (start-up must not race the schema), then
         start the pools."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            try:
-                configure_writer(conn)
-                check = conn.execute("PRAGMA quick_check").fetchone()[0]
-            except sqlite3.DatabaseError as e:
-                check = str(e)
-            if check != "ok":
-                raise RuntimeError(f"database {self.path} is damaged: {check}")
-            migrate(conn)
-            conn.execute("BEGIN IMMEDIATE")
-            spans.repair(conn)
-            self.opened_last_id = spans.last_id(conn)
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+        def setup(c: Any) -> int:
+            spans.repair(c)
+            return spans.last_id(c)
+        self.opened_last_id = self._engine.prepare(setup)
         self._engine.start()
+
+    @property
+    def dialect(self) -> str:
+        """``'sqlite'`` or ``'postgresql'``."""
+        return self._engine.dialect
+
+    def describe(self) -> str:
+        """The database, for messages (no password)."""
+        return self._engine.describe()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -115,15 +122,12 @@ class Store(ApiQueries, KeyQueries, BackendQueries, Service):
         self._engine.close()
 
     def checkpoint(self) -> Deferred[Any]:
-        """Move the WAL into the database and truncate it, so it stays small. Never waits
-        for readers: with one still reading it does what it can (the rest next time)."""
-        def txn(c: Any) -> None:
-            c.execute("PRAGMA busy_timeout = 0")
-            try:
-                c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                c.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        return self._engine.write("wal_checkpoint", txn, begin=None)
+        """Keep the engine's own log small (SQLite's WAL; nothing on PostgreSQL)."""
+        return self._engine.checkpoint()
+
+    def write_check(self) -> Deferred[Any]:
+        """A write that changes nothing: fails when the database cannot be written."""
+        return self.run_write("health_write_check", self._engine.touch)
 
     # plumbing
 
@@ -139,7 +143,7 @@ class Store(ApiQueries, KeyQueries, BackendQueries, Service):
         return self._read(name, fn, *args)
 
     def run_write(self, name: str, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        """A named write interaction inside ``BEGIN IMMEDIATE``."""
+        """A named write interaction in one write transaction."""
         return self._write(name, fn, *args)
 
     def now_iso(self) -> str:
@@ -153,7 +157,8 @@ class Store(ApiQueries, KeyQueries, BackendQueries, Service):
             c.execute("DELETE FROM apis WHERE id = ?", (api_id,))
             gone = c.rowcount > 0
             c.execute("DELETE FROM performance_metrics WHERE api_id = ?", (api_id,))
-            c.execute("INSERT OR IGNORE INTO deleted_apis (api_id) VALUES (?)", (api_id,))
+            c.execute("INSERT INTO deleted_apis (api_id) VALUES (?) ON CONFLICT DO NOTHING",
+                      (api_id,))
             return gone
         gone = await self._write("delete_api", txn)
         self.purge()
@@ -210,9 +215,11 @@ def write_logs(c: Any, rows: Sequence[Sequence[Any]], last_used: dict[int, float
     Few statements per batch, not ``executemany``: every statement releases and retakes
     the GIL a few times (prepare, step, reset), and under load each handoff stalls the
     reactor thread (measured: proxy throughput at c=50 fell by a quarter with
-    ``executemany``). The rows of one transaction get consecutive ids (one writer), so
-    the first id comes from the first statement's ``lastrowid``, not from a query.
+    ``executemany``). On SQLite the rows of one transaction get consecutive ids (one
+    writer), so the first id comes from the first statement's ``lastrowid``; on
+    PostgreSQL (other nodes take ids from the same sequence) from its ``RETURNING id``.
     """
+    pg = dialect(c) == "postgresql"
     sizes = _chunk_sizes(c)
     first_id = i = 0
     width = len(LOG_COLUMNS)
@@ -222,11 +229,16 @@ def write_logs(c: Any, rows: Sequence[Sequence[Any]], last_used: dict[int, float
         if len(values) != n * width:  # rows of an older shape: trailing columns null
             values = [v for row in rows[i:i + n]
                       for v in (*row, *(None,) * (width - len(row)))]
-        c.execute(_insert_logs_sql(n), values)
-        if not i:
+        if i:
+            c.execute(_insert_logs_sql(n), values)
+        elif pg:
+            first_id = min(r[0] for r in c.execute(_insert_logs_sql(n) + " RETURNING id",
+                                                   values).fetchall())
+        else:
+            c.execute(_insert_logs_sql(n), values)
             first_id = c.lastrowid - n + 1
         i += n
     if rows:
         spans.note(c, first_id)
     c.executemany("UPDATE apis SET last_used_at = ? WHERE id = ?",
-                  [(utc_iso(t), api_id) for api_id, t in last_used.items()])
+                  [(utc_iso(t), api_id) for api_id, t in sorted(last_used.items())])

@@ -6,20 +6,20 @@ object's ``key_prefix``); the gateway reads keys only from ``api_keys``.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, Sequence
-
 
 from flm.records import KEY_FIELDS, KeyRecord
 from flm.store.apis import Conflict, Queries
+from flm.store.engine import integrity_error, unique_columns
 
 _KEY_COLUMNS = ", ".join(KEY_FIELDS)
 
 _ADD_USAGE = (
     "INSERT INTO key_usage (key_id, day, requests, tokens) "
-    "SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM api_keys WHERE id = ?1) "
-    "ON CONFLICT (key_id, day) DO UPDATE SET requests = requests + excluded.requests, "
-    "tokens = tokens + excluded.tokens")
+    "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM api_keys WHERE id = ?) "
+    "ON CONFLICT (key_id, day) DO UPDATE SET "
+    "requests = key_usage.requests + excluded.requests, "
+    "tokens = key_usage.tokens + excluded.tokens")
 
 
 def key_record(row: Sequence[Any]) -> KeyRecord:
@@ -31,14 +31,14 @@ def insert_key(c: Any, api_id: int, name: str, key_hash: str, prefix: str,
     """Inside a write transaction; raises ``Conflict('name')`` for a name taken in the API."""
     cols = ["api_id", "name", "key_hash", "prefix", "created_at", *limits]
     try:
-        c.execute(f"INSERT INTO api_keys ({', '.join(cols)}) VALUES "
-                  f"({', '.join('?' * len(cols))})",
-                  [api_id, name, key_hash, prefix, created_at, *limits.values()])
-    except sqlite3.IntegrityError as e:
-        if "api_keys.api_id, api_keys.name" in str(e):
+        return int(c.execute(f"INSERT INTO api_keys ({', '.join(cols)}) VALUES "
+                             f"({', '.join('?' * len(cols))}) RETURNING id",
+                             [api_id, name, key_hash, prefix, created_at, *limits.values()]
+                             ).fetchone()[0])
+    except Exception as e:
+        if integrity_error(e) and unique_columns(e) == "api_keys.api_id, api_keys.name":
             raise Conflict("name") from None
         raise
-    return int(c.lastrowid)
 
 
 def _one(c: Any, key_id: int) -> KeyRecord | None:
@@ -88,8 +88,8 @@ class KeyQueries(Queries):
             try:
                 c.execute(f"UPDATE api_keys SET {assignments} WHERE id = ?",
                           [*fields.values(), key_id])
-            except sqlite3.IntegrityError as e:
-                if "api_keys.api_id, api_keys.name" in str(e):
+            except Exception as e:
+                if integrity_error(e) and unique_columns(e) == "api_keys.api_id, api_keys.name":
                     raise Conflict("name") from None
                 raise
             record = _one(c, key_id)
@@ -104,8 +104,9 @@ class KeyQueries(Queries):
                             last_used: dict[int, str]) -> None:
         """Add ``{(key_id, day): [requests, tokens]}`` in one transaction; keys deleted
         meanwhile are skipped."""
-        rows = [(k, d, v[0], v[1]) for (k, d), v in usage.items()]
-        used = [(t, k) for k, t in last_used.items()]
+        # In key order: concurrent writers (other nodes) take row locks in one order.
+        rows = [(k, d, v[0], v[1], k) for (k, d), v in sorted(usage.items())]
+        used = [(t, k) for k, t in sorted(last_used.items())]
 
         def txn(c: Any) -> None:
             c.executemany(_ADD_USAGE, rows)

@@ -199,18 +199,20 @@ async def unrolled_rows(store: Any, upto_id: int, chunk: int = 20_000
 
 
 _UPSERT = (
-    f"INSERT INTO performance_metrics ({', '.join(METRIC_COLUMNS)}) VALUES "
+    f"INSERT INTO performance_metrics AS m ({', '.join(METRIC_COLUMNS)}) VALUES "
     f"({', '.join('?' * len(METRIC_COLUMNS))}) ON CONFLICT (api_id, bucket_start) DO UPDATE SET "
-    "request_count = request_count + excluded.request_count, "
-    "error_count = error_count + excluded.error_count, "
-    "sum_response_ms = sum_response_ms + excluded.sum_response_ms, "
-    # A minute rolled up twice (rows recorded late, or a restart) keeps the higher p95.
-    "p95_response_ms = max(coalesce(p95_response_ms, excluded.p95_response_ms), "
-    "coalesce(excluded.p95_response_ms, p95_response_ms)), "
-    "p95_ttfb_ms = max(coalesce(p95_ttfb_ms, excluded.p95_ttfb_ms), "
-    "coalesce(excluded.p95_ttfb_ms, p95_ttfb_ms)), "
-    "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
-    "completion_tokens = completion_tokens + excluded.completion_tokens")
+    "request_count = m.request_count + excluded.request_count, "
+    "error_count = m.error_count + excluded.error_count, "
+    "sum_response_ms = m.sum_response_ms + excluded.sum_response_ms, "
+    # A minute rolled up twice (rows recorded late, or a restart) keeps the higher p95
+    # (CASE: two-argument max is SQLite's only).
+    "p95_response_ms = CASE WHEN excluded.p95_response_ms > m.p95_response_ms "
+    "THEN excluded.p95_response_ms ELSE coalesce(m.p95_response_ms, "
+    "excluded.p95_response_ms) END, "
+    "p95_ttfb_ms = CASE WHEN excluded.p95_ttfb_ms > m.p95_ttfb_ms "
+    "THEN excluded.p95_ttfb_ms ELSE coalesce(m.p95_ttfb_ms, excluded.p95_ttfb_ms) END, "
+    "prompt_tokens = m.prompt_tokens + excluded.prompt_tokens, "
+    "completion_tokens = m.completion_tokens + excluded.completion_tokens")
 
 
 async def upsert_metrics(store: Any, rows: Iterable[Sequence[Any]]) -> None:

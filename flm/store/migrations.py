@@ -1,4 +1,9 @@
-"""Versioned schema: ``schema/NNN_name.sql`` applied in order, tracked in ``PRAGMA user_version``."""
+"""Versioned schema: ``schema/NNN_name.sql`` applied in order, tracked in ``PRAGMA
+user_version`` on SQLite (``schema_version`` on PostgreSQL, see :mod:`flm.store.pg`).
+
+Where the dialects differ, ``schema/postgresql/NNN_name.sql`` replaces the common file of
+the same version on PostgreSQL; every other file is written to run on both.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,28 @@ from importlib import resources
 _NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 
-def available() -> list[tuple[int, str]]:
-    """(version, sql) of every migration shipped, in order."""
-    found = []
-    for entry in resources.files("flm.store").joinpath("schema").iterdir():
-        m = _NAME.match(entry.name)
-        if m:
-            found.append((int(m.group(1)), entry.read_text()))
-    return sorted(found)
+def _files(folder: str) -> dict[int, str]:
+    found = {}
+    base = resources.files("flm.store").joinpath(folder)
+    if base.is_dir():
+        for entry in base.iterdir():
+            m = _NAME.match(entry.name)
+            if m:
+                found[int(m.group(1))] = entry.read_text()
+    return found
+
+
+def available(dialect: str = "sqlite") -> list[tuple[int, str]]:
+    """(version, sql) of every migration shipped for ``dialect``, in order."""
+    found = _files("schema")
+    if dialect != "sqlite":
+        found.update(_files(f"schema/{dialect}"))
+    return sorted(found.items())
+
+
+def statements(sql: str) -> list[str]:
+    """The statements of one migration file (``;`` at a line's end separates them)."""
+    return [s for s in sql.split(";\n") if s.strip()]
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -27,9 +46,8 @@ def migrate(conn: sqlite3.Connection) -> int:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in sql.split(";\n"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in statements(sql):
+                conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version:d}")
             conn.execute("COMMIT")
         except BaseException:

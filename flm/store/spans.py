@@ -35,8 +35,11 @@ def note(c: Any, first_id: int) -> None:
         "INSERT INTO request_log_spans (block, min_created, max_created) "
         f"SELECT id >> {SHIFT:d}, min(created_at), max(created_at) FROM request_logs "
         "WHERE id >= ? GROUP BY 1 ORDER BY 1 ON CONFLICT (block) DO UPDATE SET "
-        "min_created = min(min_created, excluded.min_created), "
-        "max_created = max(max_created, excluded.max_created)", (first_id,))
+        # CASE, not two-argument min/max (SQLite only; LEAST/GREATEST are PostgreSQL's).
+        "min_created = CASE WHEN excluded.min_created < request_log_spans.min_created "
+        "THEN excluded.min_created ELSE request_log_spans.min_created END, "
+        "max_created = CASE WHEN excluded.max_created > request_log_spans.max_created "
+        "THEN excluded.max_created ELSE request_log_spans.max_created END", (first_id,))
 
 
 def repair(c: Any) -> None:
