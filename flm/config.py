@@ -124,7 +124,7 @@ class Settings:
     # None means "the kind's default": 1 for Ollama, 4 for OpenAI-compatible servers.
     backend_max_concurrent: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(_positive))
-    # sqlite:PATH; None: <data_dir>/flm.db. (postgresql://... is for several nodes.)
+    # sqlite:PATH; None: <data_dir>/flm.db; postgresql://USER@HOST:PORT/DB (several nodes).
     database: str | None = attrs.field(default=None, validator=attrs.validators.optional(
         lambda inst, attribute, value: _database(value)))
     api_host: str = attrs.field(default="127.0.0.1", validator=_ip_address)
@@ -209,9 +209,18 @@ class Settings:
     @property
     def db_path(self) -> Path:
         """The SQLite file: ``database = "sqlite:PATH"``, else ``<data_dir>/flm.db``."""
-        if self.database:
+        if self.database and not self.on_postgresql:
             return Path(self.database.removeprefix("sqlite:")).expanduser()
         return Path(self.data_dir) / DB_FILE
+
+    @property
+    def on_postgresql(self) -> bool:
+        return bool(self.database) and self.database.startswith(_POSTGRESQL)  # type: ignore[union-attr]
+
+    @property
+    def store_database(self) -> Path | str:
+        """What the store opens: the SQLite file, or the PostgreSQL URL."""
+        return self.database if self.on_postgresql else self.db_path  # type: ignore[return-value]
 
 
 #: The database's file name in the data dir; ``flm.sqlite3`` is what versions before
@@ -219,14 +228,19 @@ class Settings:
 DB_FILE = "flm.db"
 
 
+_POSTGRESQL = ("postgresql://", "postgres://")
+
+
 def _database(value: Any) -> None:
+    shape = "must be sqlite:PATH or postgresql://USER@HOST:PORT/DB"
     if not isinstance(value, str):
-        raise SettingsError(f"database: must be sqlite:PATH, got {value!r}")
-    if value.startswith(("postgresql://", "postgres://")):
-        raise SettingsError("database: PostgreSQL (several nodes) is not in this version "
-                            "of FLM yet; use sqlite:PATH or leave it out")
+        raise SettingsError(f"database: {shape}, got {value!r}")
+    if value.startswith(_POSTGRESQL):
+        if not re.fullmatch(r"[A-Za-z0-9_]+", urlsplit(value).path.lstrip("/")):
+            raise SettingsError(f"database: {shape}: the URL names no database")
+        return
     if not value.startswith("sqlite:") or not value.removeprefix("sqlite:"):
-        raise SettingsError(f"database: must be sqlite:PATH, got {value!r}")
+        raise SettingsError(f"database: {shape}, got {value!r}")
 
 
 def admin_listener(description: str) -> tuple[str, str]:

@@ -49,6 +49,7 @@ from flm.startup import (
     raise_open_files,
 )
 from flm.store import Store
+from flm.store.pg import check_database
 
 log = Logger()
 
@@ -103,7 +104,14 @@ def build(settings: Settings, reactor: Any, owner: Owner | None = None) -> "FLMS
     """The service, with what must be ours taken first: the data dir lock, then the admin
     endpoint. Raises :class:`StartupError` (one line) having opened nothing else."""
     make_data_dir(settings.data_dir, owner)
-    lock = DataDirLock.take(settings.data_dir)
+    # The lock keeps two processes off one SQLite file; nodes on PostgreSQL may share a
+    # data dir (several on one machine), so they do not take it.
+    lock = None if settings.on_postgresql else DataDirLock.take(settings.data_dir)
+    if settings.on_postgresql:
+        try:
+            check_database(str(settings.database))
+        except RuntimeError as e:
+            raise StartupError(str(e)) from None
     if settings.database is None:
         adopt_old_database(settings.data_dir, settings.db_path)
     # A client connection and its backend connection each, plus the rest of FLM.
@@ -117,7 +125,8 @@ def build(settings: Settings, reactor: Any, owner: Owner | None = None) -> "FLMS
         service = FLMService(settings, reactor, token=token, lock=lock)
         service.admin_service.listen()
     except BaseException:
-        lock.release()
+        if lock is not None:
+            lock.release()
         raise
     return service
 
@@ -131,7 +140,7 @@ class FLMService(MultiService):
         self.settings = settings
         self._lock = lock
 
-        self.store = Store(settings.db_path, reactor=reactor)
+        self.store = Store(settings.store_database, reactor=reactor)
         self.logbuffer = LogBuffer(self.store, reactor, interval=settings.log_flush_interval_s,
                                    batch_rows=settings.log_batch_rows,
                                    max_rows=settings.log_buffer_max_rows,

@@ -141,8 +141,10 @@ def test_cli_zero_is_a_value_not_absence(tmp_path: Path) -> None:
     ("grace_period_s = true", "grace_period_s: must be a number, got True"),
     ('tls_cert = ["a"]', "tls_cert: must be a string, got ['a']"),
     ("backend_max_concurrent = 0", "backend_max_concurrent: must be a positive number, got 0"),
-    ('database = "postgresql://u@h/db"', "database: PostgreSQL (several nodes) is not in this"),
-    ('database = "flm.db"', "database: must be sqlite:PATH, got 'flm.db'"),
+    ('database = "postgresql://u:secret@h/"', "database: must be sqlite:PATH or postgresql://"
+     "USER@HOST:PORT/DB: the URL names no database"),
+    ('database = "flm.db"', "database: must be sqlite:PATH or postgresql://USER@HOST:PORT/DB, "
+     "got 'flm.db'"),
 ])
 def test_a_toml_value_of_the_wrong_kind_is_one_line(tmp_path: Path, toml: str,
                                                     message: str) -> None:
@@ -153,6 +155,14 @@ def test_a_toml_value_of_the_wrong_kind_is_one_line(tmp_path: Path, toml: str,
 
 def test_database_path(tmp_path: Path) -> None:
     assert load(tmp_path, 'database = "sqlite:/x/y.db"\n').db_path == Path("/x/y.db")
+    assert load(tmp_path, 'database = "sqlite:/x/y.db"\n').store_database == Path("/x/y.db")
+
+
+def test_a_postgresql_database_is_its_url(tmp_path: Path) -> None:
+    url = "postgresql://flm@db.example:5432/flm"
+    settings = load(tmp_path, f'database = "{url}"\n')
+    assert settings.on_postgresql and settings.store_database == url
+    assert not load(tmp_path, "").on_postgresql
 
 
 # errors name the setting

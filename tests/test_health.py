@@ -14,6 +14,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from flm.observe.health import BackendProbe, DatabaseCheck
 from flm.store import Store
+from tests.pg import OnPostgres, OnSQLite
 
 
 class Answer(Resource):
@@ -62,12 +63,12 @@ class ProbeTests(TestCase):
         self.assertEqual(backend.asked, 2)
 
 
-class DatabaseCheckTests(TestCase):
+class DatabaseCheckTests(OnSQLite, TestCase):
     """On a real store (adbapi thread), as /health uses it."""
 
     def setUp(self) -> None:
         from twisted.internet import reactor
-        self.store = Store(Path(self.mktemp()) / "flm.sqlite3", reactor=reactor)
+        self.store = Store(self.database(), reactor=reactor)
         self.store.startService()
         self.addCleanup(self.store.stopService)
         self.clock = Clock()
@@ -75,7 +76,7 @@ class DatabaseCheckTests(TestCase):
     async def test_writes_and_caches(self) -> None:
         check = DatabaseCheck(self.store, self.clock, cache_s=2.0)
         self.assertTrue(await check.writable())
-        self.store.stopService()  # now nothing can be written...
+        await self.store.stopService()  # now nothing can be written...
         self.assertTrue(await check.writable())  # ...but the answer is cached for 2 s
         self.clock.advance(2.0)
         self.assertFalse(await check.writable())
@@ -96,3 +97,7 @@ class DatabaseCheckTests(TestCase):
 
     async def _both(self, first: Deferred[bool], second: Deferred[bool]) -> None:
         self.assertEqual([await first, await second], [True, True])
+
+
+class DatabaseCheckPostgresTests(OnPostgres, DatabaseCheckTests):
+    """/health's write check on PostgreSQL."""

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from flm.observe.logbuffer import LogBuffer
 from flm.store import Store
 from flm.store.db import _INSERT_LOG, LOG_COLUMNS
+from tests.pg import OnPostgres, OnSQLite
 
 T0 = 1_700_000_000.0
 
@@ -135,12 +136,12 @@ class BufferTests(SynchronousTestCase):
         self.assertEqual(self.store.written, [row(i) for i in range(8)])
 
 
-class RetryTests(TestCase):
+class RetryTests(OnSQLite, TestCase):
     """A flush whose transaction fails after inserting is rolled back and retried: no
     duplicates in the real database."""
 
     async def test_failing_flush_retried_without_duplicates(self) -> None:
-        store = Store(Path(self.mktemp()) / "flm.sqlite3")
+        store = Store(self.database())
         store.startService()
         self.addCleanup(store.stopService)
         real_insert = store.insert_logs
@@ -170,3 +171,7 @@ class RetryTests(TestCase):
             "SELECT request_id FROM request_logs ORDER BY id").fetchall())
         self.assertEqual([r[0] for r in ids], [f"r{i}" for i in range(10)])
         self.assertTrue(buffer.healthy)
+
+
+class RetryPostgresTests(OnPostgres, RetryTests):
+    """A failed flush rolled back and retried on PostgreSQL."""

@@ -24,6 +24,7 @@ from flm.observe.metrics import Metrics
 from flm.store import Store, logs
 from flm.store.db import LOG_COLUMNS, write_logs
 from flm.store.migrations import migrate
+from tests.pg import OnPostgres, OnSQLite
 
 T0 = 1_700_000_040.0  # a minute boundary
 TOKEN = "admin-token"
@@ -158,11 +159,11 @@ class PaginationTests(SynchronousTestCase):
             self.assertNotIn("TEMP B-TREE", plan, args)
 
 
-class LogsRouteTests(TestCase):
+class LogsRouteTests(OnSQLite, TestCase):
     """``/api/apis/{id}/logs`` and ``/api/logs`` over a real Store and the Klein app."""
 
     async def asyncSetUp(self) -> None:
-        self.store = Store(Path(self.mktemp()) / "flm.sqlite3")
+        self.store = Store(self.database())
         self.store.startService()
         self.addCleanup(self.store.stopService)
         self.one = await self.store.create_api(api_fields(1))
@@ -252,3 +253,7 @@ class LogsRouteTests(TestCase):
         self.assertEqual(code, 401)
         code, body = await self.get("/api/logs", token="wrong")
         self.assertEqual(code, 401)
+
+
+class LogsRoutePostgresTests(OnPostgres, LogsRouteTests):
+    """The logs API over a store on PostgreSQL."""

@@ -10,12 +10,13 @@ from twisted.trial.unittest import TestCase
 
 from flm.observe.retention import Retention
 from flm.store import Store, logs
+from tests.pg import OnPostgres, OnSQLite
 from tests.test_logs_api import T0, log_row
 
 
-class PruneTests(TestCase):
+class PruneTests(OnSQLite, TestCase):
     def setUp(self) -> None:
-        self.store = Store(Path(self.mktemp()) / "flm.sqlite3")
+        self.store = Store(self.database())
         self.store.startService()
         self.addCleanup(self.store.stopService)
         self.writes: list[int] = []
@@ -89,3 +90,7 @@ class PruneTests(TestCase):
         await retention._running if retention._running else None
         self.assertEqual(retention.deleted, 5)
         self.assertEqual(len(await self.ids()), 1)
+
+
+class PrunePostgresTests(OnPostgres, PruneTests):
+    """Retention on PostgreSQL."""

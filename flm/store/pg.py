@@ -125,6 +125,12 @@ def connect(url: str, **kw: Any) -> Any:
     return conn
 
 
+def check_database(url: str) -> None:
+    """At start-up: RuntimeError (one line) when psycopg is missing or the server or the
+    database cannot be reached."""
+    connect(url).close()
+
+
 def migrate(conn: Any) -> int:
     """Bring the database to the newest version under an advisory lock (a second node
     starting at once waits, then finds nothing to do); one transaction per step."""
