@@ -41,6 +41,7 @@ from flm.observe.usage import UsageFlush
 from flm.records import BackendRecord
 from flm.startup import (
     DataDirLock,
+    StartupError,
     Owner,
     adopt_old_database,
     give_to,

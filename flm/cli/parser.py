@@ -12,6 +12,7 @@ from flm.cli import views
 from flm.cli.client import UsageError
 from flm.cli.commands import Handler, api_path, apis_delete, apis_list, call, status
 from flm.cli.backends import BACKEND_COMMANDS
+from flm.cli.db import DB_COMMANDS
 from flm.cli.keys import KEY_COMMANDS
 from flm.cli.logs import logs
 from flm.cli.models import models_pull, models_rm
@@ -155,6 +156,8 @@ COMMANDS: list[tuple[str, str | None, str, list[Arg], Handler]] = [
       for command, help_text, arguments, handler in KEY_COMMANDS],
     *[("backends", command, help_text, arguments, handler)
       for command, help_text, arguments, handler in BACKEND_COMMANDS],
+    *[("db", command, help_text, arguments, handler)
+      for command, help_text, arguments, handler in DB_COMMANDS],
     ("models", "list", "the backend's models", [],
      call("GET", lambda a: "/api/models", lambda d, a: views.models_table(d))),
     ("models", "pull", "download a model, showing progress", [MODEL], models_pull),
