@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
@@ -25,7 +25,7 @@ from flm.startup import DataDirLock, StartupError
 from flm.store import Store, logs
 from flm.store.copy import CopyError, copy_database, tables_in_order
 from flm.store.migrations import available
-from flm.store.pg import connect, migrate, redact, translate
+from flm.store.pg import WRITERS, connect, migrate, redact, translate
 from tests import pg
 from tests.test_store import T0, api_fields, log_row
 
@@ -128,8 +128,21 @@ class OutageTests(TestCase):
         _admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
                "AND pid <> pg_backend_pid()", self.name)
 
+    async def test_a_read_only_database_is_not_writable(self) -> None:
+        check = DatabaseCheck(self.store, Clock(), cache_s=0.0)
+        self.assertTrue(await check.writable())
+        _admin(f"ALTER DATABASE {self.name} SET default_transaction_read_only = on")
+        self.addCleanup(_admin, f"ALTER DATABASE {self.name} RESET default_transaction_read_only")
+        _admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+               "AND pid <> pg_backend_pid()", self.name)
+        results = [await check.writable() for _ in range(8)]  # dead ones replaced, then no
+        self.assertEqual(results[-3:], [False] * 3)
+        self.flushLoggedErrors()
+
     async def test_an_outage_is_degraded_and_the_buffer_catches_up(self) -> None:
         api = await self.store.create_api(api_fields(1))
+        # every writer connection open, so the cut kills them all
+        await gatherResults([self.store.write_check() for _ in range(WRITERS * 2)])
         clock = Clock()
         check = DatabaseCheck(self.store, clock, cache_s=1.0)
         buffer = LogBuffer(self.store, clock, batch_rows=1000, max_rows=6)
@@ -164,6 +177,8 @@ class OutageTests(TestCase):
                 break
             clock.advance(1.0)
         self.assertTrue(await check.writable())
+        for _ in range(WRITERS * 4):  # every writer thread has a live connection again
+            await self.store.write_check()
         items, _ = await logs.logs_page(self.store, api.id, 100)
         self.assertEqual(sorted(r["created_at"] for r in items), [T0 + i for i in range(9)])
         self.flushLoggedErrors()  # adbapi logs each failed rollback on a dead connection
