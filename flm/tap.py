@@ -15,7 +15,8 @@ class Options(usage.Options):
         ["config", "c", None, "TOML file with any setting of docs/configuration.md."],
         ["data-dir", "d", None, "Database and admin token [default: $FLM_DATA_DIR, "
                                 "else ~/.local/share/flm]."],
-        ["database", None, None, "sqlite:PATH [default: sqlite:<data-dir>/flm.db]."],
+        ["database", None, None, "sqlite:PATH or postgresql://USER@HOST:PORT/DB "
+         "[default: sqlite:<data-dir>/flm.db]."],
         ["admin", "a", None, "Admin API endpoint [default: tcp:8420:interface=127.0.0.1]."],
         ["backend", "b", None, "Model server URL [default: http://127.0.0.1:11434]."],
         ["backend-kind", "k", None, "ollama or openai [default: ollama]."],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 

@@ -74,6 +74,10 @@ class PgCursor:
             self._c.executemany(translate(sql), rows)
         return self
 
+    def copy(self, statement: str) -> Any:
+        """``COPY ... FROM STDIN`` (psycopg's ``Copy``: ``write_row``)."""
+        return self._c.copy(statement)
+
     def fetchone(self) -> Any:
         return self._c.fetchone()
 
