@@ -59,8 +59,8 @@ class BackendQueries(Queries):
                       "updated_at) VALUES ('default', ?, ?, ?, ?, ?) ON CONFLICT (name) DO "
                       "UPDATE SET url = excluded.url, kind = excluded.kind, "
                       "max_concurrent = excluded.max_concurrent, updated_at = excluded.updated_at "
-                      "WHERE url != excluded.url OR kind != excluded.kind OR "
-                      "max_concurrent != excluded.max_concurrent",
+                      "WHERE backends.url != excluded.url OR backends.kind != excluded.kind OR "
+                      "backends.max_concurrent != excluded.max_concurrent",
                       (fields["url"], fields["kind"], fields["max_concurrent"], now, now))
             c.execute(f"SELECT {_COLUMNS} FROM backends WHERE name = 'default'")
             return _record(c.fetchone())
