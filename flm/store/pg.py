@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from flm.store.engine import Engine
 from flm.store.migrations import available, statements
@@ -90,6 +92,12 @@ class PgCursor:
     @property
     def rowcount(self) -> int:
         return int(self._c.rowcount)
+
+
+def _connection_lost(e: BaseException) -> bool:
+    """psycopg's OperationalError: the connection is gone (or could not be made)."""
+    import psycopg
+    return isinstance(e, psycopg.OperationalError)
 
 
 def _bool_as_int() -> Any:
@@ -199,6 +207,31 @@ class PostgresEngine(Engine):
 
     def _enter(self, cursor: Any, kind: str) -> Any:
         return PgCursor(cursor)  # psycopg begins the transaction at the first statement
+
+    def _run(self, pool: adbapi.ConnectionPool, kind: str, name: str,
+             fn: Callable[..., Any], args: tuple[Any, ...]) -> Deferred[Any]:
+        """Again on another connection when one turns out lost (the server restarted,
+        backends terminated) before the interaction's end: nothing was committed then, so
+        it is safe for writes too (a loss at COMMIT is not retried). Each lost connection
+        is dropped from the pool, so after at most one try per connection a new one is
+        made; a server still down fails that one at connecting (not retried)."""
+        entered: list[bool] = []
+        ended: list[bool] = []
+        tries = [pool.max + 1]
+
+        def body(c: Any, *a: Any) -> Any:
+            entered.append(True)
+            result = fn(c, *a)
+            ended.append(True)
+            return result
+
+        def again(failure: Failure) -> Any:
+            tries[0] -= 1
+            if not entered or ended or tries[0] <= 0 or not _connection_lost(failure.value):
+                return failure
+            del entered[:]
+            return Engine._run(self, pool, kind, name, body, args).addErrback(again)
+        return Engine._run(self, pool, kind, name, body, args).addErrback(again)
 
 
 def database_name(url: str) -> str:
