@@ -101,3 +101,69 @@ class OnSQLite:
     def database(self) -> Any:
         from pathlib import Path
         return Path(self.mktemp()) / "flm.sqlite3"  # type: ignore[attr-defined]
+
+
+class PgSyncStore:
+    """``tests.test_logs_api.SyncStore`` on PostgreSQL: ``run_read`` / ``run_write``
+    answering at once, on one database per test class, emptied (ids from 1 again) by
+    each new instance, as each SyncStore is a new in-memory SQLite."""
+
+    conn: Any = None  # set by SyncOnPostgres.setUpClass
+    emptying: list[str] = []
+
+    def __init__(self) -> None:
+        from flm.store.pg import PgCursor
+        self._cursor = PgCursor
+        conn = self.conn
+        if not PgSyncStore.emptying:  # DELETE: much faster than TRUNCATE on tiny tables
+            tables = [r[0] for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                "AND tablename <> 'schema_version' ORDER BY tablename = 'apis'")]
+            PgSyncStore.emptying = ["DELETE FROM " + t for t in tables] + [
+                f"SELECT setval(pg_get_serial_sequence('{t}', 'id'), 1, false)"
+                for t in ("apis", "api_keys", "request_logs")]
+        with conn.transaction():
+            for sql in PgSyncStore.emptying:
+                conn.execute(sql)
+
+    def run_read(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        from twisted.internet.defer import succeed
+        with self.conn.transaction():
+            return succeed(fn(self._cursor(self.conn.cursor()), *args))
+
+    run_write = run_read
+
+    def insert(self, rows: list[tuple[Any, ...]]) -> None:
+        from flm.store.db import write_logs
+        self.run_write("insert_logs", write_logs, rows, {})
+
+
+class SyncOnPostgres:
+    """Mixed in first: ``SyncStore()`` in the test module makes a :class:`PgSyncStore`."""
+
+    engine = "postgresql"
+    sync_modules: tuple[str, ...] = ()
+    _url = ""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        require()
+        from flm.store.pg import connect, migrate
+        cls._url = create_database()
+        PgSyncStore.conn = connect(cls._url, autocommit=True)
+        PgSyncStore.emptying = []
+        migrate(PgSyncStore.conn)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        if PgSyncStore.conn is not None:
+            PgSyncStore.conn.close()
+            PgSyncStore.conn = None
+        if cls._url:
+            drop_database(cls._url)
+
+    def setUp(self) -> None:
+        import sys
+        for module in self.sync_modules:
+            self.patch(sys.modules[module], "SyncStore", PgSyncStore)  # type: ignore[attr-defined]
+        super().setUp()  # type: ignore[misc]

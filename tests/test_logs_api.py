@@ -7,7 +7,7 @@ import sqlite3
 from types import SimpleNamespace
 from typing import Any, Callable
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet import reactor
@@ -23,7 +23,7 @@ from flm.observe.metrics import Metrics
 from flm.store import Store, logs
 from flm.store.db import LOG_COLUMNS, write_logs
 from flm.store.migrations import migrate
-from tests.pg import OnPostgres, OnSQLite
+from tests.pg import OnPostgres, OnSQLite, SyncOnPostgres, sqlite_only
 
 T0 = 1_700_000_040.0  # a minute boundary
 TOKEN = "admin-token"
@@ -101,7 +101,8 @@ status_strategy = st.one_of(st.none(), st.sampled_from(["2xx", "4xx", "5xx", "50
 
 
 class PaginationTests(SynchronousTestCase):
-    @settings(derandomize=True, deadline=None, max_examples=150)
+    @settings(derandomize=True, deadline=None, max_examples=150,
+              suppress_health_check=[HealthCheck.differing_executors])  # both engines
     @given(rows=rows_strategy, limit=st.integers(1, 7), api=st.one_of(st.none(),
            st.integers(1, 3)), status=status_strategy,
            inserted=st.lists(st.tuples(st.integers(1, 3), st.sampled_from(STATUSES)),
@@ -126,7 +127,8 @@ class PaginationTests(SynchronousTestCase):
                 break
         self.assertEqual(seen, expected)
 
-    @settings(derandomize=True, deadline=None, max_examples=50)
+    @settings(derandomize=True, deadline=None, max_examples=50,
+              suppress_health_check=[HealthCheck.differing_executors])  # both engines
     @given(created=st.lists(st.integers(0, 600), max_size=40), since=st.integers(0, 600),
            width=st.integers(1, 600))
     def test_time_window(self, created: list[int], since: int, width: int) -> None:
@@ -144,6 +146,7 @@ class PaginationTests(SynchronousTestCase):
         for bad in ("", "6xx", "5x", "50", "5000", "abc", "2XY", "-1"):
             self.assertRaises(ValueError, logs.parse_status, bad)
 
+    @sqlite_only
     def test_plans_use_the_indexes(self) -> None:
         store = SyncStore()
         for args, index in (((7, 51), "request_logs_api_id"),
@@ -256,3 +259,9 @@ class LogsRouteTests(OnSQLite, TestCase):
 
 class LogsRoutePostgresTests(OnPostgres, LogsRouteTests):
     """The logs API over a store on PostgreSQL."""
+
+
+class PaginationPostgresTests(SyncOnPostgres, PaginationTests):
+    """Keyset pages and windows with the same SQL on PostgreSQL."""
+
+    sync_modules = (__name__,)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from flm.store import logs, spans
+from tests.pg import SyncOnPostgres
 from tests.test_logs_api import T0, SyncStore, log_row, now
 
 # (api, status, how many seconds before its record time the request arrived)
@@ -38,7 +39,8 @@ class WindowTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.patch(spans, "SHIFT", 2)  # blocks of 4 ids, so windows cross many blocks
 
-    @settings(derandomize=True, deadline=None, max_examples=200)
+    @settings(derandomize=True, deadline=None, max_examples=200,
+              suppress_health_check=[HealthCheck.differing_executors])  # both engines
     @given(rows=rows_st, batches=batches_st, since=time_st, until=time_st,
            api=st.one_of(st.none(), st.integers(1, 3)),
            status=st.sampled_from([None, "5xx", "503"]), limit=st.integers(1, 9))
@@ -60,7 +62,8 @@ class WindowTests(SynchronousTestCase):
                 break
         self.assertEqual(got, want[::-1])
 
-    @settings(derandomize=True, deadline=None, max_examples=100)
+    @settings(derandomize=True, deadline=None, max_examples=100,
+              suppress_health_check=[HealthCheck.differing_executors])  # both engines
     @given(rows=rows_st, batches=batches_st, older=st.floats(-10, 130),
            batch=st.integers(1, 7))
     def test_retention_by_id_range_is_exact(self, rows: list[Any], batches: list[int],
@@ -117,3 +120,9 @@ class PlanTests(SynchronousTestCase):
             "SELECT name FROM sqlite_master WHERE type = 'index'")}
         self.assertNotIn("request_logs_created_at", names)
         self.assertIn("request_logs_class", names)
+
+
+class WindowPostgresTests(SyncOnPostgres, WindowTests):
+    """Windows as id bounds on PostgreSQL (ids from a sequence, batches through COPY)."""
+
+    sync_modules = (__name__,)

@@ -242,12 +242,12 @@ def write_logs(c: Any, rows: Sequence[Sequence[Any]], last_used: dict[int, float
 def _copy_logs(c: Any, rows: Sequence[Sequence[Any]]) -> int:
     """PostgreSQL: the batch through ``COPY FROM STDIN`` (rows formatted in C by psycopg;
     a multi-row INSERT of this size costs ~7x the CPU, its long text parsed at every
-    execution). Returns a lower bound of the batch's ids: a ``nextval`` taken before,
-    as other nodes draw ids from the same sequence, so ids are not consecutive."""
+    execution). Returns a lower bound of the batch's ids: the sequence's next value read
+    before (other nodes draw ids from the same sequence, so a batch's ids need not be
+    consecutive; every id given after the read is above it)."""
     if not rows:
         return 0
-    below = int(c.execute("SELECT nextval(pg_get_serial_sequence('request_logs', 'id'))"
-                          ).fetchone()[0])
+    below = int(c.execute(_NEXT_LOG_ID).fetchone()[0])
     width = len(LOG_COLUMNS)
     with c.copy(_COPY_LOGS) as copy:
         for row in rows:
@@ -256,3 +256,5 @@ def _copy_logs(c: Any, rows: Sequence[Sequence[Any]]) -> int:
 
 
 _COPY_LOGS = f"COPY request_logs ({', '.join(LOG_COLUMNS)}) FROM STDIN"
+_NEXT_LOG_ID = ("SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence("
+                "'request_logs', 'id')::regclass), 0) + 1")
