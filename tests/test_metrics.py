@@ -17,7 +17,7 @@ from flm.observe.logbuffer import LogBuffer
 from flm.observe.metrics import Metrics
 from flm.observe.minutes import p95
 from flm.store import Store, logs
-from tests.pg import OnPostgres, OnSQLite
+from tests.pg import OnPostgres, OnSQLite, SyncOnPostgres
 from tests.test_logs_api import T0, SyncStore, api_fields, log_row, now
 
 
@@ -260,3 +260,9 @@ def test_samples_stay_exact_while_few() -> None:
 
 class RollupPostgresTests(OnPostgres, RollupTests):
     """Rollups (the upsert that adds and keeps the higher p95) on PostgreSQL."""
+
+
+class BucketPostgresTests(SyncOnPostgres, BucketTests):
+    """Coarse buckets (integer division in SQL) on PostgreSQL."""
+
+    sync_modules = (__name__,)
