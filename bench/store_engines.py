@@ -26,6 +26,7 @@ import psutil
 
 from bench import harness, loadgen
 from bench.harness import cpu_seconds, main_thread_cpu, median
+from bench.soak import wait_quiet
 
 VARIANTS = ("sqlite", "postgresql")
 
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             procs = {n: psutil.Process(f.pid) for n, f in flms.items()}
             lua = {n: loadgen.write_lua(run.logdir / f"{n}.lua", loadgen.chat_body(False),
                                         apis[n]["key"]) for n in VARIANTS}
+            wait_quiet()
             print(f"FLM on SQLite: pid {flms['sqlite'].pid}; on PostgreSQL ({db}): pid "
                   f"{flms['postgresql'].pid}; {args.reps} x {args.duration:g} s per cell, "
                   "order alternated; medians", flush=True)
