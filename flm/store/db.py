@@ -18,10 +18,11 @@ from twisted.logger import Logger
 
 from flm.records import utc_iso
 from flm.store import spans
-from flm.store.apis import ApiQueries, Conflict
+from flm.store.apis import _BUMP, ApiQueries, Conflict
 from flm.store.backends import BackendQueries
 from flm.store.keys import KeyQueries
 from flm.store.migrations import migrate
+from flm.store.nodes import NodeQueries
 from flm.store.pool import BUSY_TIMEOUT_MS, Engine, Timings, configure_writer
 
 __all__ = ["Conflict", "LOG_COLUMNS", "Store"]
@@ -31,7 +32,7 @@ log = Logger()
 LOG_COLUMNS = ("api_id", "created_at", "method", "path", "status", "queue_ms", "ttfb_ms",
                "upstream_ms", "response_ms", "bytes_in", "bytes_out", "model",
                "prompt_tokens", "completion_tokens", "request_id", "error", "key_id", "key_name",
-               "backend", "attempts")
+               "backend", "attempts", "node")
 _ONE_ROW = f"({', '.join('?' * len(LOG_COLUMNS))})"
 # Rows per INSERT: powers of two, so a few statement texts exist (sqlite3 caches each
 # prepared one: a 256-row one holds a few hundred kB) and a batch of 500 rows takes six.
@@ -55,7 +56,7 @@ def _insert_logs_sql(n: int) -> str:
 _INSERT_LOG = _insert_logs_sql(1)  # one row, for executemany in tools and tests
 
 
-class Store(ApiQueries, KeyQueries, BackendQueries, Service):
+class Store(ApiQueries, KeyQueries, BackendQueries, NodeQueries, Service):
     """SQLite through ``adbapi``; stops last, after everything that writes to it."""
 
     name = "store"
@@ -152,6 +153,8 @@ class Store(ApiQueries, KeyQueries, BackendQueries, Service):
         def txn(c: Any) -> bool:
             c.execute("DELETE FROM apis WHERE id = ?", (api_id,))
             gone = c.rowcount > 0
+            if gone:
+                c.execute(_BUMP)
             c.execute("DELETE FROM performance_metrics WHERE api_id = ?", (api_id,))
             c.execute("INSERT OR IGNORE INTO deleted_apis (api_id) VALUES (?)", (api_id,))
             return gone
