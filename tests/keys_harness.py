@@ -20,8 +20,10 @@ from flm.admin.app import AdminApp
 from flm.admin.observe import Observe
 from flm.backends.ollama import OLLAMA_PATHS
 from flm.gateway.admission import BackendGate
+from flm.gateway.keys import month_span
 from flm.gateway.registry import Registry
 from flm.gateway.resource import Upstream
+from flm.observe.budgets import BudgetCharges
 from flm.observe.usage import UsageFlush
 from tests.test_admin_apis import BASE, TOKEN, FakeModels, InlineReactor, healthy, inline_store
 from tests.fakes.scripted import ScriptedBackend
@@ -73,6 +75,7 @@ class KeysHarness:
         self.admin = AdminApp(token=TOKEN, apis=self.apis, health=healthy, observe=observe)
         self.stub = StubTreq(self.admin.resource())
         self.usage = UsageFlush(self.store, self.registry.keys, self.reactor)
+        self.budgets = BudgetCharges(self.store, self.registry.keys, self.reactor, month_span)
         self.registry.startService()  # restores running APIs and loads key usage
 
     def close(self) -> None:
@@ -87,6 +90,7 @@ class KeysHarness:
     def flush(self) -> None:
         """What the usage loop and the log buffer do every second."""
         self.case.successResultOf(self.usage.tick())
+        self.case.successResultOf(self.budgets.tick())
         if self.rows:
             self.case.successResultOf(self.store.insert_logs(self.rows, {}))
             self.rows.clear()
