@@ -49,12 +49,15 @@ def usage_stream(prompt: int, completion: int) -> list[bytes]:
 class KeysHarness:
     """One store file; ``restart()`` opens it again with a new registry, as a restart does."""
 
-    def __init__(self, case: SynchronousTestCase, t0: float = T0) -> None:
+    def __init__(self, case: SynchronousTestCase, t0: float = T0,
+                 directory: Path | None = None) -> None:
         self.case = case
         self.reactor = InlineReactor()
         self.reactor.advance(t0)
-        self.dir = Path(tempfile.mkdtemp(prefix="flm-test-keys-"))
-        case.addCleanup(shutil.rmtree, self.dir, True)
+        if directory is None:  # else another harness's: a second node on its store file
+            directory = Path(tempfile.mkdtemp(prefix="flm-test-keys-"))
+            case.addCleanup(shutil.rmtree, directory, True)
+        self.dir = directory
         self.backend = ScriptedBackend(self.reactor)
         self.rows: list[tuple[Any, ...]] = []
         self.peer = 0
