@@ -34,7 +34,7 @@ from flm.gateway.resource import Upstream
 from flm.http.client import PoolService, make_agent, make_pool
 from flm.nodes.heartbeat import Heartbeat, list_nodes
 from flm.nodes.sync import NodeSync
-from flm.observe.budgets import BudgetCharges
+from flm.observe.budgets import BudgetCharges, budgeted_keys
 from flm.observe.checkpoints import WalCheckpoints
 from flm.observe.health import BackendProbe, DatabaseCheck, Health
 from flm.observe.lease import Lease
@@ -232,7 +232,7 @@ class FLMService(MultiService):
         for once in (self.retention, checkpoints):  # on one node at a time
             once.lease = Lease(self.store, once.name, settings.node, reactor, 3 * once.interval)
         budgets = BudgetCharges(self.store, self.registry.keys, reactor, month_span,
-                                budgeted=lambda: _budgeted_keys(self.registry))
+                                budgeted=lambda: budgeted_keys(self.registry.runtimes))
         observe = Observe(self.store, metrics=self.metrics, monitor=self.monitor,
                           registry=self.registry, logbuffer=self.logbuffer, clock=reactor)
         models_admin = _models_admin(self.models, self.pulls, self.backend, self.registry,
@@ -294,12 +294,6 @@ def _models_admin(models: ModelCache, pulls: PullJobs, backend: Any, registry: R
     admin.merged = lambda: merged_models(fleet)
     admin.fleet_pulls = FleetPulls(fleet, pulls)
     return admin
-
-
-def _budgeted_keys(registry: Registry) -> list[int]:
-    """Ids of the keys with a budget among the APIs this node serves."""
-    return [k.id for rt in registry.runtimes.values() for k in rt.keyring.keys
-            if k.daily_token_budget is not None or k.monthly_token_budget is not None]
 
 
 def _ports_of(endpoint: str) -> set[int]:

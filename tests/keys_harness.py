@@ -23,7 +23,7 @@ from flm.gateway.admission import BackendGate
 from flm.gateway.keys import month_span
 from flm.gateway.registry import Registry
 from flm.gateway.resource import Upstream
-from flm.observe.budgets import BudgetCharges
+from flm.observe.budgets import BudgetCharges, budgeted_keys
 from flm.observe.usage import UsageFlush
 from tests.test_admin_apis import BASE, TOKEN, FakeModels, InlineReactor, healthy, inline_store
 from tests.fakes.scripted import ScriptedBackend
@@ -78,7 +78,8 @@ class KeysHarness:
         self.admin = AdminApp(token=TOKEN, apis=self.apis, health=healthy, observe=observe)
         self.stub = StubTreq(self.admin.resource())
         self.usage = UsageFlush(self.store, self.registry.keys, self.reactor)
-        self.budgets = BudgetCharges(self.store, self.registry.keys, self.reactor, month_span)
+        self.budgets = BudgetCharges(self.store, self.registry.keys, self.reactor, month_span,
+                                     lambda: budgeted_keys(self.registry.runtimes))
         self.registry.startService()  # restores running APIs and loads key usage
 
     def close(self) -> None:

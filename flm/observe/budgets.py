@@ -23,6 +23,12 @@ log = Logger()
 DAY = 86400
 
 
+def budgeted_keys(runtimes: dict[int, Any]) -> list[int]:
+    """Ids of the keys with a budget among the running APIs (registry runtimes)."""
+    return [k.id for rt in runtimes.values() for k in rt.keyring.keys
+            if k.daily_token_budget is not None or k.monthly_token_budget is not None]
+
+
 class BudgetCharges(PeriodicService):
     name = "budget_charges"
 
