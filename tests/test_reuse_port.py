@@ -20,7 +20,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from flm.gateway.ports import endpoint
-from flm.gateway.reuseport import ReusePortEndpoint, reuse_port_socket
+from flm.gateway.reuseport import reuse_port_socket
 from flm.http.tls import server_options
 from tests.certs import self_signed
 
@@ -94,8 +94,8 @@ class ReactorTests(TestCase):
         port = free_port()
         ports = []
         for greeting in (b"one", b"two"):
-            listening = await ReusePortEndpoint(reactor, "127.0.0.1", port, tls).listen(
-                hello(greeting))
+            listening = await endpoint(reactor, "127.0.0.1", port, tls,
+                                       reuse_port=True).listen(hello(greeting))
             self.addCleanup(listening.stopListening)
             ports.append(listening)
         return port, ports
