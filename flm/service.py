@@ -212,7 +212,7 @@ class FLMService(MultiService):
                     first_port=settings.first_port, reserved_ports=_ports_of(settings.admin))
         apis.backend_names = lambda: set(self.fleet.members)
         self.metrics = Metrics(self.store, reactor, registry=self.registry,
-                               logbuffer=self.logbuffer)
+                               logbuffer=self.logbuffer, node=settings.node)
         self.logbuffer.observers.append(self.metrics.observe)
         self.events = EventHub(reactor)
         self.logbuffer.observers.append(self.events.log_row)
