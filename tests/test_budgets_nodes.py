@@ -72,3 +72,10 @@ class BudgetAcrossNodesTests(SynchronousTestCase):
         self.assertEqual(self.send(self.b, 50), 200)  # b had not heard of a's 900
         self.successResultOf(self.b.budgets.write())  # no refresh: the charge's answer
         self.assertEqual(self.b.registry.keys.usage(self.key["id"])[1], 950)
+
+    def test_a_charge_of_a_key_deleted_meanwhile_is_dropped_not_retried(self) -> None:
+        self.assertEqual(self.send(self.a, 10), 200)
+        self.a.call("DELETE", f"/api/apis/{self.api['id']}")  # its keys go with it
+        self.successResultOf(self.a.budgets.write())
+        self.assertEqual(list(self.a.registry.keys.charges), [])
+        self.assertIsNone(self.a.budgets.last_error)

@@ -132,7 +132,9 @@ class NodeSync(Service):
             by_api.setdefault(key.api_id, []).append(key)
         stored = {api.id for api in apis}
         for api_id in [i for i in self._registry.runtimes if i not in stored]:
+            gone = [k.id for k in self._registry.runtimes[api_id].keyring.keys]
             await self._registry.stop(api_id, status=None)  # deleted on another node
+            self._registry.keys.forget(gone)
             self.forget(api_id)
         for api in apis:
             await apply_api(self._registry, api, by_api.get(api.id, []))

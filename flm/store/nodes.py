@@ -108,14 +108,15 @@ class NodeQueries(Queries):
         """Add one request of ``tokens`` to the key's day, atomically; return the stored
         ``(tokens_today, tokens_month)`` (every node's), None if the key is gone."""
         def txn(c: Any) -> tuple[int, int] | None:
-            c.execute("INSERT INTO key_usage (key_id, day, requests, tokens) "
-                      "SELECT id, ?, 1, ? FROM api_keys WHERE id = ? "
-                      "ON CONFLICT (key_id, day) DO UPDATE SET requests = "
-                      "key_usage.requests + 1, tokens = key_usage.tokens + excluded.tokens",
-                      (day, tokens, key_id))
+            # The key's row first (locked on PostgreSQL): a key deleted meanwhile is
+            # skipped, never a foreign-key error that would block the queue.
+            c.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (last_used, key_id))
             if c.rowcount <= 0:
                 return None
-            c.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (last_used, key_id))
+            c.execute("INSERT INTO key_usage (key_id, day, requests, tokens) "
+                      "VALUES (?, ?, 1, ?) ON CONFLICT (key_id, day) DO UPDATE SET "
+                      "requests = key_usage.requests + 1, "
+                      "tokens = key_usage.tokens + excluded.tokens", (key_id, day, tokens))
             c.execute("SELECT sum(CASE WHEN day = ? THEN tokens ELSE 0 END), sum(tokens) "
                       "FROM key_usage WHERE key_id = ? AND day >= ? AND day < ?",
                       (day, key_id, month[0], month[1]))
