@@ -121,7 +121,8 @@ def test_a_key_revoked_on_one_node_is_refused_by_both_within_a_second(
              "both nodes to take the new key")
     assert b.admin("DELETE", f"/api/apis/{api['id']}/keys/ci").status_code == 200
     time.sleep(1.0)  # the contract's bound, not a wait for a state
-    assert [chat(api, made["key"]) for _ in range(20)] == [401] * 20
+    # 401, then 429 once this address has sent too many wrong keys: refused either way
+    assert {chat(api, made["key"]) for _ in range(20)} <= {401, 429}
 
 
 def test_a_budget_is_spent_across_both(two_nodes: list[Gateway]) -> None:
