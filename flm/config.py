@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
@@ -174,6 +175,14 @@ class Settings:
     tls_key: str | None = None
     # GET /metrics without the admin token also beyond loopback (it names every API).
     metrics_public: bool = False
+    # Several nodes (docs/operations.md): this process's name (None: <hostname>:<admin
+    # port>), how often it says it is up, how often it checks for others' changes.
+    node_name: str | None = attrs.field(default=None, validator=attrs.validators.optional(
+        lambda inst, attribute, value: _node_name(value)))
+    node_heartbeat_s: float = attrs.field(default=5.0, validator=_positive)
+    node_sync_interval_s: float = attrs.field(default=0.25, validator=_positive)
+    # Open API ports with SO_REUSEPORT (Linux): several FLM processes share them.
+    reuse_port: bool = False
 
     def __attrs_post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -205,6 +214,16 @@ class Settings:
         if self.backend_max_concurrent:
             return self.backend_max_concurrent
         return 1 if self.backend_kind == "ollama" else 4
+
+    @property
+    def node(self) -> str:
+        """This node's name: ``node_name``, else ``<hostname>:<admin port>``."""
+        if self.node_name:
+            return self.node_name
+        kind, _ = admin_listener(self.admin)
+        parts = self.admin.split(":")
+        where = parts[1] if kind in ("tcp", "tcp6", "ssl") and len(parts) > 1 else kind
+        return f"{socket.gethostname()}:{where}"
 
     @property
     def db_path(self) -> Path:
@@ -241,6 +260,11 @@ def _database(value: Any) -> None:
         return
     if not value.startswith("sqlite:") or not value.removeprefix("sqlite:"):
         raise SettingsError(f"database: {shape}, got {value!r}")
+
+
+def _node_name(value: Any) -> None:
+    if not isinstance(value, str) or not 1 <= len(value) <= 128 or not value.isprintable():
+        raise SettingsError(f"node_name: must be 1-128 printable characters, got {value!r}")
 
 
 def admin_listener(description: str) -> tuple[str, str]:

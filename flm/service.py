@@ -28,11 +28,16 @@ from flm.backends.pulls import PullJobs
 from flm.config import Settings
 from flm.gateway.admission import BackendGate, QueuedBytes
 from flm.gateway.fleet import Fleet, Member
+from flm.gateway.keys import month_span
 from flm.gateway.registry import Registry
 from flm.gateway.resource import Upstream
 from flm.http.client import PoolService, make_agent, make_pool
+from flm.nodes.heartbeat import Heartbeat, list_nodes
+from flm.nodes.sync import NodeSync
+from flm.observe.budgets import BudgetCharges, budgeted_keys
 from flm.observe.checkpoints import WalCheckpoints
 from flm.observe.health import BackendProbe, DatabaseCheck, Health
+from flm.observe.lease import Lease
 from flm.observe.logbuffer import LogBuffer
 from flm.observe.metrics import Metrics
 from flm.observe.monitor import Monitor
@@ -145,7 +150,7 @@ class FLMService(MultiService):
         self.logbuffer = LogBuffer(self.store, reactor, interval=settings.log_flush_interval_s,
                                    batch_rows=settings.log_batch_rows,
                                    max_rows=settings.log_buffer_max_rows,
-                                   enabled=settings.request_log)
+                                   enabled=settings.request_log, node=settings.node)
         idle = settings.backend_idle_timeout_s
         pool = make_pool(reactor, max(16, settings.backend_concurrency * 2), idle)
         admin_pool = make_pool(reactor, 4, idle)
@@ -205,6 +210,7 @@ class FLMService(MultiService):
                                  grace_period=settings.grace_period_s,
                                  site_limits={**limits, "max_body": settings.max_body_bytes},
                                  tls_cert=settings.tls_cert, tls_key=settings.tls_key)
+        self.registry.reuse_port = settings.reuse_port
         self.pulls = PullJobs(self.backend, reactor, on_change=lambda job: self.models.expire())
         health = Health(BackendProbe(http, backend_url + probe_path(settings.backend_kind),
                                      reactor, cache_s=settings.health_cache_s),
@@ -216,7 +222,7 @@ class FLMService(MultiService):
                     first_port=settings.first_port, reserved_ports=_ports_of(settings.admin))
         apis.backend_names = lambda: set(self.fleet.members)
         self.metrics = Metrics(self.store, reactor, registry=self.registry,
-                               logbuffer=self.logbuffer)
+                               logbuffer=self.logbuffer, node=settings.node)
         self.logbuffer.observers.append(self.metrics.observe)
         self.events = EventHub(reactor)
         self.logbuffer.observers.append(self.events.log_row)
@@ -232,6 +238,11 @@ class FLMService(MultiService):
         self.retention = Retention(self.store, reactor,
                                    retention_days=settings.log_retention_days,
                                    max_rows=settings.log_max_rows)
+        checkpoints = WalCheckpoints(self.store, reactor)
+        for once in (self.retention, checkpoints):  # on one node at a time
+            once.lease = Lease(self.store, once.name, settings.node, reactor, 3 * once.interval)
+        budgets = BudgetCharges(self.store, self.registry.keys, reactor, month_span,
+                                budgeted=lambda: budgeted_keys(self.registry.runtimes))
         observe = Observe(self.store, metrics=self.metrics, monitor=self.monitor,
                           registry=self.registry, logbuffer=self.logbuffer, clock=reactor)
         models_admin = _models_admin(self.models, self.pulls, self.backend, self.registry,
@@ -240,7 +251,13 @@ class FLMService(MultiService):
                               models=models_admin, observe=observe,
                               admin_loopback=settings.admin_on_loopback,
                               metrics_public=settings.metrics_public, events=self.events,
-                              backends=self.backends)
+                              backends=self.backends,
+                              nodes=lambda: list_nodes(self.store, reactor.seconds()))
+        self.node_sync = NodeSync(self.store, self.registry, self.backends, self.admin.changes,
+                                  reactor, settings.node_sync_interval_s)
+        self.node_sync.forget = self.metrics.forget
+        heartbeat = Heartbeat(self.store, settings.node, reactor, settings.node_heartbeat_s,
+                              lambda: [rt.config.name for rt in self.registry.runtimes.values()])
         site = AdminSite(self.admin.resource(), clock=reactor,
                          max_body=settings.admin_max_body_bytes, **limits)
         site.allowed_hosts = settings.admin_hosts
@@ -249,11 +266,12 @@ class FLMService(MultiService):
 
         # Stopped one at a time in reverse (see stopService): the admin port closes first,
         # then API ports drain, then log rows and metric rollups are written, then the store.
-        for child in (self.store, WalCheckpoints(self.store, reactor), self.metrics,
+        for child in (self.store, checkpoints, self.metrics,
                       self.logbuffer, UsageFlush(self.store, self.registry.keys, reactor),
-                      PoolService(pool, admin_pool), BackendsLoader(self.backends,
-                                                                    self._default_backend),
-                      self.fleet, self.registry, self.pulls, models_admin.fleet_pulls,
+                      budgets, PoolService(pool, admin_pool),
+                      BackendsLoader(self.backends, self._default_backend),
+                      self.fleet, self.registry, self.node_sync, heartbeat, self.pulls,
+                      models_admin.fleet_pulls,
                       self.monitor, self.retention,
                       self.admin_service):
             child.setServiceParent(self)

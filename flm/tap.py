@@ -22,6 +22,12 @@ class Options(usage.Options):
         ["backend-kind", "k", None, "ollama or openai [default: ollama]."],
         ["backend-max-concurrent", "m", None, "Requests at the backend at once, across all "
                                               "APIs [default: 1 for ollama, 4 for openai]."],
+        ["node-name", None, None, "This node's name among several [default: "
+                                  "<hostname>:<admin port>]."],
+    ]
+    optFlags = [
+        ["reuse-port", None, "Open API ports with SO_REUSEPORT: several FLM processes on "
+                             "this machine share them (Linux)."],
     ]
 
     def parseOptions(self, options: Any = None) -> None:
@@ -41,6 +47,8 @@ class Options(usage.Options):
             "backend_kind": self["backend-kind"],
             "backend_max_concurrent": _integer("backend-max-concurrent",
                                                self["backend-max-concurrent"]),
+            "node_name": self["node-name"],
+            "reuse_port": True if self["reuse-port"] else None,
         }
         try:
             self["settings"] = load_settings(cli, self["config"])

@@ -20,8 +20,10 @@ from flm.admin.app import AdminApp
 from flm.admin.observe import Observe
 from flm.backends.ollama import OLLAMA_PATHS
 from flm.gateway.admission import BackendGate
+from flm.gateway.keys import month_span
 from flm.gateway.registry import Registry
 from flm.gateway.resource import Upstream
+from flm.observe.budgets import BudgetCharges, budgeted_keys
 from flm.observe.usage import UsageFlush
 from tests.test_admin_apis import BASE, TOKEN, FakeModels, InlineReactor, healthy, inline_store
 from tests.fakes.scripted import ScriptedBackend
@@ -47,12 +49,15 @@ def usage_stream(prompt: int, completion: int) -> list[bytes]:
 class KeysHarness:
     """One store file; ``restart()`` opens it again with a new registry, as a restart does."""
 
-    def __init__(self, case: SynchronousTestCase, t0: float = T0) -> None:
+    def __init__(self, case: SynchronousTestCase, t0: float = T0,
+                 directory: Path | None = None) -> None:
         self.case = case
         self.reactor = InlineReactor()
         self.reactor.advance(t0)
-        self.dir = Path(tempfile.mkdtemp(prefix="flm-test-keys-"))
-        case.addCleanup(shutil.rmtree, self.dir, True)
+        if directory is None:  # else another harness's: a second node on its store file
+            directory = Path(tempfile.mkdtemp(prefix="flm-test-keys-"))
+            case.addCleanup(shutil.rmtree, directory, True)
+        self.dir = directory
         self.backend = ScriptedBackend(self.reactor)
         self.rows: list[tuple[Any, ...]] = []
         self.peer = 0
@@ -73,6 +78,8 @@ class KeysHarness:
         self.admin = AdminApp(token=TOKEN, apis=self.apis, health=healthy, observe=observe)
         self.stub = StubTreq(self.admin.resource())
         self.usage = UsageFlush(self.store, self.registry.keys, self.reactor)
+        self.budgets = BudgetCharges(self.store, self.registry.keys, self.reactor, month_span,
+                                     lambda: budgeted_keys(self.registry.runtimes))
         self.registry.startService()  # restores running APIs and loads key usage
 
     def close(self) -> None:
@@ -87,6 +94,7 @@ class KeysHarness:
     def flush(self) -> None:
         """What the usage loop and the log buffer do every second."""
         self.case.successResultOf(self.usage.tick())
+        self.case.successResultOf(self.budgets.tick())
         if self.rows:
             self.case.successResultOf(self.store.insert_logs(self.rows, {}))
             self.rows.clear()

@@ -44,6 +44,7 @@ def log_row(n: int, status: int = 200) -> dict[str, Any]:
         "upstream_ms": 900, "response_ms": 1534, "bytes_in": 100, "bytes_out": 2000,
         "model": "llama3.2:1b", "prompt_tokens": 12, "completion_tokens": 345,
         "request_id": f"r{n}", "error": None if status < 500 else "backend_unavailable",
+        "node": "gpu-a:8420",
     }  # fmt: skip
 
 
@@ -199,10 +200,24 @@ def test_status_summarises_health_and_system() -> None:
 def test_log_lines() -> None:
     assert views.log_header() + "\n" + views.log_line(log_row(2, 500)) == (
         "TIME                 STATUS  METHOD  PATH                            TOTAL     TTFB"
-        "    QUEUE       TOKENS  ERROR\n"
+        "    QUEUE       TOKENS  NODE              ERROR\n"
         "2024-05-01 12:00:02     500  POST    /v1/chat/completions            1.53s    120ms"
-        "      3ms       12/345  backend_unavailable"
+        "      3ms       12/345  gpu-a:8420        backend_unavailable"
     )
+
+
+def test_nodes_table() -> None:
+    page = {"items": [
+        {"name": "gpu-a:8420", "status": "up", "started_at": "2024-05-01T12:00:00.000Z",
+         "last_seen": "2024-05-01T12:05:00.000Z", "apis": ["chat", "code"]},
+        {"name": "gpu-b:8420", "status": "gone", "started_at": "2024-05-01T11:00:00.000Z",
+         "last_seen": "2024-05-01T11:30:00.000Z", "apis": []}]}  # fmt: skip
+    assert views.nodes_table(page) == (
+        "NAME        STATUS  STARTED              LAST SEEN            APIS\n"
+        "gpu-a:8420  up      2024-05-01 12:00:00  2024-05-01 12:05:00  chat, code\n"
+        "gpu-b:8420  gone    2024-05-01 11:00:00  2024-05-01 11:30:00  -"
+    )
+    assert views.nodes_table({"items": []}) == "No nodes."
 
 
 def test_metrics_table() -> None:

@@ -25,6 +25,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "admin": ("flm.admin", "flm.gateway", "flm.http", "flm.backends", "flm.observe",
               "flm.store", "flm.records", "flm.keys"),
     "cli": ("flm.cli", "flm.__version__"),
+    # above the admin API: applies the stored config through the registry and backends
+    "nodes": ("flm.nodes", "flm.gateway", "flm.admin", "flm.observe", "flm.store",
+              "flm.records"),
 }
 MAX_LINES = 330
 

@@ -165,6 +165,28 @@ class EngineTests(TestCase):
         self.assertEqual(got, [(api.id, m0, 1, 0), (api.id, m0 + 60, 3, 1),
                                (api.id, m0 + 120, 2, 0), (other.id, m0 + 60, 1, 0)])
 
+    async def test_a_rebuild_takes_only_its_own_nodes_rows(self) -> None:
+        """Another node's rows are in its own memory, rolled up by it: counted once."""
+        api = await self.store.create_api(api_fields(1))
+        m0 = int(T0) // 60 * 60
+        await logs.upsert_metrics(self.store, [[api.id, m0, 1, 0, 10.0, 10.0, 5.0, 3, 4]])
+        await self.store.insert_logs([log_row(api.id, m0 + 61, node="a"),
+                                      log_row(api.id, m0 + 62, node="b"),
+                                      log_row(api.id, m0 + 63)], {})
+        await self.store.stopService()
+        store = Store(self.path)
+        store.startService()
+        self.addCleanup(store.stopService)
+        clock = Clock()
+        clock.advance(m0 + 600)
+        metrics = Metrics(store, clock, interval=60, node="a")
+        metrics.startService()
+        await metrics.stopService()
+        got = await store.run_read("t", lambda c: c.execute(
+            "SELECT bucket_start, request_count FROM performance_metrics "
+            "ORDER BY bucket_start").fetchall())
+        self.assertEqual(got, [(m0, 1), (m0 + 60, 2)])  # a's row and the one without a node
+
 
     async def test_a_checkpoint_never_waits_for_a_reader(self) -> None:
         api = await self.store.create_api(api_fields(1))

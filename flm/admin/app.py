@@ -16,7 +16,7 @@ from flm.admin.errors import AdminError, error, json_body
 from flm.admin.events import EventHub, parse_types
 from flm.admin.keys import grace_of
 from flm.admin.observe import PROMETHEUS_CONTENT_TYPE
-from flm.admin.site import AdminKlein, loopback_peer, shield
+from flm.admin.site import AdminKlein, Changes, loopback_peer, shield
 from flm.admin.validation import no_fields, optional_json, page_limit, parse_json
 
 log = Logger()
@@ -28,7 +28,8 @@ class AdminApp:
     def __init__(self, *, token: str, apis: Apis, health: Callable[[], Awaitable[tuple[int, dict]]],
                  models: Any = None, observe: Any = None, admin_loopback: bool = True,
                  metrics_public: bool = False, events: EventHub | None = None,
-                 backends: Any = None) -> None:
+                 backends: Any = None,
+                 nodes: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> None:
         self._token = token.encode()
         # /metrics names every API: open only to loopback clients of a loopback admin
         # endpoint, unless the operator made it public.
@@ -41,6 +42,12 @@ class AdminApp:
         self.events = events
         self.dashboard = Dashboard()
         self.backends = backends
+        self._nodes = nodes
+        #: Mutations under way (the node-sync loop waits for them to end).
+        self.changes = Changes()
+
+    def _shield(self, coro: Any) -> Any:
+        return shield(coro, self.changes)
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -97,10 +104,16 @@ class AdminApp:
             raise AdminError(404, "not_found", "Events are not available.")
         return self.events.stream(request, parse_types(request.args))
 
+    @app.route("/api/nodes", methods=["GET"])
+    async def list_nodes(self, request: Any) -> bytes:
+        if self._nodes is None:
+            raise AdminError(404, "not_found", "Nodes are not available.")
+        return json_body(request, 200, await self._nodes())
+
     @app.route("/api/apis", methods=["POST"])
     def create_api(self, request: Any) -> Any:
         payload = parse_json(request.content.read())
-        return shield(self._json(request, 201, self.apis.create(payload)))
+        return self._shield(self._json(request, 201, self.apis.create(payload)))
 
     @app.route("/api/apis", methods=["GET"])
     async def list_apis(self, request: Any) -> bytes:
@@ -116,7 +129,7 @@ class AdminApp:
     @app.route("/api/apis/<ref>", methods=["PATCH"])
     def update_api(self, request: Any, ref: str) -> Any:
         payload = parse_json(request.content.read())
-        return shield(self._json(request, 200, self.apis.update(ref, payload)))
+        return self._shield(self._json(request, 200, self.apis.update(ref, payload)))
 
     @app.route("/api/apis/<ref>", methods=["DELETE"])
     def delete_api(self, request: Any, ref: str) -> Any:
@@ -126,12 +139,12 @@ class AdminApp:
             await self.apis.delete(ref)
             request.setResponseCode(204)
             return b""
-        return shield(delete())
+        return self._shield(delete())
 
     @app.route("/api/apis/<ref>/start", methods=["POST"])
     def start_api(self, request: Any, ref: str) -> Any:
         no_fields(optional_json(request))
-        return shield(self._json(request, 200, self.apis.start(ref)))
+        return self._shield(self._json(request, 200, self.apis.start(ref)))
 
     @app.route("/api/apis/<ref>/stop", methods=["POST"])
     def stop_api(self, request: Any, ref: str) -> Any:
@@ -139,12 +152,12 @@ class AdminApp:
 
         async def stop() -> dict[str, Any]:
             return (await self.apis.stop(ref)).public()
-        return shield(self._json(request, 200, stop()))
+        return self._shield(self._json(request, 200, stop()))
 
     @app.route("/api/apis/<ref>/rotate-key", methods=["POST"])
     def rotate_key(self, request: Any, ref: str) -> Any:
         grace = grace_of(optional_json(request))
-        return shield(self._json(request, 200, self.apis.rotate_key(ref, grace)))
+        return self._shield(self._json(request, 200, self.apis.rotate_key(ref, grace)))
 
     # /api/apis/{ref}/keys (flm.admin.keys)
 
@@ -156,7 +169,7 @@ class AdminApp:
         @api_keys.route("/", methods=["POST"], strict_slashes=False)
         def create_key(self, request: Any, ref: str) -> Any:
             payload = parse_json(request.content.read())
-            return shield(self._json(request, 201, self.apis.keys.create(ref, payload)))
+            return self._shield(self._json(request, 201, self.apis.keys.create(ref, payload)))
 
         @api_keys.route("/<key>", methods=["GET"])
         async def show_key(self, request: Any, ref: str, key: str) -> bytes:
@@ -165,11 +178,11 @@ class AdminApp:
         @api_keys.route("/<key>", methods=["PATCH"])
         def update_key(self, request: Any, ref: str, key: str) -> Any:
             payload = parse_json(request.content.read())
-            return shield(self._json(request, 200, self.apis.keys.update(ref, key, payload)))
+            return self._shield(self._json(request, 200, self.apis.keys.update(ref, key, payload)))
 
         @api_keys.route("/<key>", methods=["DELETE"])
         def revoke_key(self, request: Any, ref: str, key: str) -> Any:
-            return shield(self._json(request, 200, self.apis.keys.revoke(ref, key)))
+            return self._shield(self._json(request, 200, self.apis.keys.revoke(ref, key)))
 
         @api_keys.route("/<key>/rotate", methods=["POST"])
         def rotate_api_key(self, request: Any, ref: str, key: str) -> Any:
@@ -177,7 +190,7 @@ class AdminApp:
 
             async def rotate() -> dict[str, Any]:
                 return (await self.apis.keys.rotate(ref, key, grace))[1]
-            return shield(self._json(request, 200, rotate()))
+            return self._shield(self._json(request, 200, rotate()))
 
     # /api/models (flm.admin.models)
 
@@ -220,11 +233,11 @@ class AdminApp:
     with app.subroute("/api/backends") as backends:
         @backends.route("/", methods=["GET", "POST"], strict_slashes=False)
         def backends_root(self, request: Any) -> Any:
-            return self._backend_ops().route(request, None, shield)
+            return self._backend_ops().route(request, None, self._shield)
 
         @backends.route("/<name>", methods=["GET", "PATCH", "DELETE"])
         def backend_one(self, request: Any, name: str) -> Any:
-            return self._backend_ops().route(request, name, shield)
+            return self._backend_ops().route(request, name, self._shield)
 
     def _backend_ops(self) -> Any:
         if self.backends is None:

@@ -123,12 +123,27 @@ class Backends:
         """At start: the backend ``default`` as the command line says, then every other
         stored one into the fleet (``default`` is there already, built from the options)."""
         await self.store.put_default_backend(default)
-        for record in await self.store.list_backends():
+        self.sync(await self.store.list_backends(), remove=False)
+
+    def sync(self, records: list[BackendRecord], remove: bool = True) -> None:
+        """Make the fleet what the store holds (at start, and when another node changed
+        it): new ones added, a new URL or kind a new member, the rest adjusted in place;
+        with ``remove``, members no longer stored go (never ``default``)."""
+        for record in records:
             member = self.fleet.members.get(record.name)
-            if member is None:
-                self.fleet.add(self.make_member(record))
-            else:
+            # 'default' is each node's --backend (its live side built from the options).
+            if member is None or record.name != "default" and (
+                    member.base_url, member.kind) != (
+                    backend_base_url(record.kind, record.url).encode(), record.kind):
+                member = self.make_member(record)
+                self.fleet.add(member)
+                self.fleet.on_change(member)
+            elif (member.weight, member.max_concurrent, member.enabled) != (
+                    record.weight, record.max_concurrent, record.enabled):
                 self._apply(member, record)
+        if remove:
+            for name in set(self.fleet.members) - {r.name for r in records} - {"default"}:
+                self.fleet.remove(name)
 
     def _apply(self, member: Member, record: BackendRecord) -> None:
         member.weight = record.weight

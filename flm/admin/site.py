@@ -59,9 +59,30 @@ class AdminSite(GuardedSite):
         return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
-def shield(coro: Awaitable[Any]) -> Deferred[Any]:
+class Changes:
+    """Admin changes under way on this node: the node-sync loop (:mod:`flm.nodes.sync`)
+    does not apply a config read while one ran, as the read may predate it."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.started = 0  # ever begun: a read taken before it may be stale
+
+    def begin(self) -> None:
+        self.active += 1
+        self.started += 1
+
+    def end(self, result: Any) -> Any:
+        self.active -= 1
+        return result
+
+
+def shield(coro: Awaitable[Any], changes: Changes | None = None) -> Deferred[Any]:
     """Run a mutation to its end even if the client hangs up (Klein cancels routes then)."""
+    if changes is not None:
+        changes.begin()
     inner = Deferred.fromCoroutine(coro)  # type: ignore[arg-type]
+    if changes is not None:
+        inner.addBoth(changes.end)
     outer: Deferred[Any] = Deferred()
     inner.chainDeferred(outer)
     return outer

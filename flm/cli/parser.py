@@ -158,6 +158,8 @@ COMMANDS: list[tuple[str, str | None, str, list[Arg], Handler]] = [
       for command, help_text, arguments, handler in BACKEND_COMMANDS],
     *[("db", command, help_text, arguments, handler)
       for command, help_text, arguments, handler in DB_COMMANDS],
+    ("nodes", "list", "the FLM processes sharing the database", [],
+     call("GET", lambda a: "/api/nodes", lambda d, a: views.nodes_table(d))),
     ("models", "list", "the backend's models", [],
      call("GET", lambda a: "/api/models", lambda d, a: views.models_table(d))),
     ("models", "pull", "download a model, showing progress", [MODEL], models_pull),

@@ -96,8 +96,9 @@ def api_state(api: Mapping[str, Any] | None, fallback: str) -> str:
 
 # -- logs, metrics, models, status ----------------------------------------------------
 
-LOG_HEADERS = ["TIME", "STATUS", "METHOD", "PATH", "TOTAL", "TTFB", "QUEUE", "TOKENS", "ERROR"]
-_LOG_WIDTHS = [19, -6, 6, 28, -7, -7, -7, -11]
+LOG_HEADERS = ["TIME", "STATUS", "METHOD", "PATH", "TOTAL", "TTFB", "QUEUE", "TOKENS", "NODE",
+               "ERROR"]
+_LOG_WIDTHS = [19, -6, 6, 28, -7, -7, -7, -11, 16]
 
 
 def log_header() -> str:
@@ -110,9 +111,20 @@ def log_line(row: Mapping[str, Any]) -> str:
     values = [
         short_time(row.get("created_at")), cell(row.get("status")), cell(row.get("method")),
         cell(row.get("path")), human_ms(row.get("response_ms")), human_ms(row.get("ttfb_ms")),
-        human_ms(row.get("queue_ms")), tokens, cell(row.get("error")) if row.get("error") else "",
+        human_ms(row.get("queue_ms")), tokens, cell(row.get("node") or "-"),
+        cell(row.get("error")) if row.get("error") else "",
     ]  # fmt: skip
     return fixed_row(values, _LOG_WIDTHS)
+
+
+def nodes_table(page: Mapping[str, Any]) -> str:
+    items = page.get("items") or []
+    if not items:
+        return "No nodes."
+    rows = [[n.get("name"), n.get("status"), short_time(n.get("started_at")),
+             short_time(n.get("last_seen")), ", ".join(n.get("apis") or []) or "-"]
+            for n in items]
+    return table(["NAME", "STATUS", "STARTED", "LAST SEEN", "APIS"], rows)
 
 
 def metrics_table(data: Mapping[str, Any]) -> str:

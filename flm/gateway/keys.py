@@ -111,6 +111,10 @@ class KeyStates:
         #: Not yet stored: ``{(key_id, day): [requests, tokens]}`` and last use per key.
         self.pending: dict[tuple[int, int], list[int]] = {}
         self.last_used: dict[int, float] = {}
+        #: Requests of keys with a budget, each stored on its own, atomically, so budgets
+        #: hold across nodes (flm.observe.budgets): ``(key_id, day, tokens, at)``.
+        self.charges: deque[tuple[int, int, int, float]] = deque()
+        self.on_charge: Any = None  # told when ``charges`` has a new one
 
     # usage
 
@@ -146,17 +150,36 @@ class KeyStates:
         counts.requests += 1
         counts.tokens += tokens
         counts.month_tokens += tokens
-        pending = self.pending.get((key.id, day))
-        if pending is None:
-            self.pending[(key.id, day)] = [1, tokens]
+        if key.daily_token_budget is not None or key.monthly_token_budget is not None:
+            self.charges.append((key.id, day, tokens, now))
+            if self.on_charge is not None:
+                self.on_charge()
         else:
-            pending[0] += 1
-            pending[1] += tokens
-        self.last_used[key.id] = now
+            self._pend(key.id, day, tokens, now)
         if key.tpm_limit is not None and tokens:
             limits = self._limits_of(key.id, now)
             limits.window.append((now, tokens))
             limits.window_tokens += tokens
+
+    def _pend(self, key_id: int, day: int, tokens: int, now: float) -> None:
+        pending = self.pending.get((key_id, day))
+        if pending is None:
+            self.pending[(key_id, day)] = [1, tokens]
+        else:
+            pending[0] += 1
+            pending[1] += tokens
+        self.last_used[key_id] = now
+
+    def settle(self, key_id: int, day: int, tokens_today: int, tokens_month: int) -> None:
+        """The store's totals of a budgeted key (every node's requests): the key's counts
+        are those plus this node's charges not stored yet."""
+        counts = self._counts_of(key_id, int(self._clock.seconds() // DAY))
+        waiting = [(d, t) for k, d, t, _ in self.charges if k == key_id]
+        if counts.day == day:
+            counts.tokens = tokens_today + sum(t for d, t in waiting if d == day)
+        if counts.month_start <= day < counts.month_end:
+            counts.month_tokens = tokens_month + sum(
+                t for d, t in waiting if counts.month_start <= d < counts.month_end)
 
     def drain(self) -> tuple[dict[tuple[int, int], list[int]], dict[int, float]]:
         """What to store now; :meth:`restore` it if storing fails."""

@@ -12,6 +12,8 @@ from twisted.internet.endpoints import (
     TCP6ServerEndpoint,
 )
 
+from flm.gateway.reuseport import ReusePortEndpoint
+
 
 class PortInUse(Exception):
     """An API cannot listen; ``field`` names what to change: ``port`` (taken), ``host``
@@ -27,7 +29,10 @@ def not_here(host: str) -> PortInUse:
     return PortInUse(0, f"{host} is not an address of this machine", "host")
 
 
-def endpoint(reactor: Any, host: str, port: int, tls: Any = None) -> Any:
+def endpoint(reactor: Any, host: str, port: int, tls: Any = None,
+             reuse_port: bool = False) -> Any:
+    if reuse_port:
+        return ReusePortEndpoint(reactor, host, port, tls)
     if tls is not None:
         return SSL4ServerEndpoint(reactor, port, tls, interface=host)
     if ":" in host:

@@ -116,6 +116,7 @@ class Registry(Service):
     """Opens and closes API ports; restores the running ones at start-up."""
 
     name = "registry"
+    reuse_port = False  # SO_REUSEPORT on API ports (settings.reuse_port)
 
     def __init__(self, store: ApiSource, upstream: Upstream, *, reactor: Any, cache_size: int,
                  grace_period: float, site_limits: dict[str, Any],
@@ -162,7 +163,8 @@ class Registry(Service):
     async def _listen(self, config: ApiRecord, site: ApiSite) -> IListeningPort:
         try:
             tls = self.tls_options(config)
-            site.listener = await endpoint(self.reactor, config.host, config.port, tls).listen(site)
+            site.listener = await endpoint(self.reactor, config.host, config.port, tls,
+                                           self.reuse_port).listen(site)
             return site.listener
         except TlsProblem as e:
             raise PortInUse(config.port, e.message, e.field) from None
@@ -172,8 +174,9 @@ class Registry(Service):
             raise PortInUse(config.port, f"cannot listen on {config.host}:{config.port}: "
                                          f"{e.socketError}") from None
 
-    async def start(self, config: ApiRecord) -> ApiRecord:
-        """Open the API's port (idempotent); a busy port sets status ``error`` and raises."""
+    async def start(self, config: ApiRecord, persist: bool = True) -> ApiRecord:
+        """Open the API's port (idempotent); a busy port sets status ``error`` and raises.
+        Without ``persist`` (another node's change, applied here) no status is written."""
         if config.id in self.runtimes:
             return config
         runtime = ApiRuntime(self, config)
@@ -183,12 +186,14 @@ class Registry(Service):
             listener = await self._listen(config, site)
         except PortInUse as e:
             reason = str(e)
-            await self.store.update_api(config.id, {"status": "error", "status_reason": reason})
+            if persist:
+                await self.store.update_api(config.id, {"status": "error",
+                                                         "status_reason": reason})
             log.warn("API {name}: {reason}", name=config.name, reason=reason)
             raise
         runtime.listener, runtime.site = listener, site
         self.runtimes[config.id] = runtime
-        if config.status != "running" or config.status_reason:
+        if persist and (config.status != "running" or config.status_reason):
             stored = await self.store.update_api(config.id, {"status": "running",
                                                              "status_reason": None})
             if stored is None:  # deleted meanwhile: leave no port open for it

@@ -19,16 +19,19 @@ from flm.observe.periodic import PeriodicService
 
 log = Logger()
 
-Row = Sequence[Any]  # ordered as flm.store.db.LOG_COLUMNS
+Row = Sequence[Any]  # ordered as flm.store.db.LOG_COLUMNS, but for the last: ``node``
 
 
 class LogBuffer(PeriodicService):
     name = "logbuffer"
 
     def __init__(self, store: Any, clock: IReactorTime, *, interval: float = 1.0,
-                 batch_rows: int = 500, max_rows: int = 50_000, enabled: bool = True) -> None:
+                 batch_rows: int = 500, max_rows: int = 50_000, enabled: bool = True,
+                 node: str | None = None) -> None:
         super().__init__(clock, interval)
         self._store = store
+        # This node's name: added to each row as it is written (the proxy's rows lack it).
+        self.node = node
         self.batch_rows = batch_rows
         self.max_rows = max_rows
         self.enabled = enabled  # False: metrics still see every row, none is stored
@@ -77,7 +80,7 @@ class LogBuffer(PeriodicService):
                     if row[1] > last_used.get(row[0], 0.0):
                         last_used[row[0]] = row[1]
                 try:
-                    await self._store.insert_logs(batch, last_used)
+                    await self._store.insert_logs(self._stamped(batch), last_used)
                 except CancelledError:
                     self.rows[:0] = batch
                     raise
@@ -93,6 +96,12 @@ class LogBuffer(PeriodicService):
                     self.last_error = None
         finally:
             self._flushing = None
+
+    def _stamped(self, batch: list[Row]) -> list[Row]:
+        if self.node is None:
+            return batch
+        node = self.node
+        return [(*row, node) for row in batch]
 
     def tick(self) -> Deferred[None]:
         return self.flush()

@@ -42,11 +42,12 @@ class Metrics(PeriodicService):
     name = "metrics"
 
     def __init__(self, store: Any, clock: IReactorTime, *, registry: Any = None,
-                 logbuffer: Any = None, interval: float = 60.0, settle_s: float = 60.0
-                 ) -> None:
+                 logbuffer: Any = None, interval: float = 60.0, settle_s: float = 60.0,
+                 node: str | None = None) -> None:
         super().__init__(clock, interval)
         self._store = store
         self.settle_s = settle_s
+        self.node = node  # with several nodes, a crash rebuild takes only this node's rows
         self.minutes: dict[tuple[int, int], Minute] = {}
         self._rolling: Deferred[None] | None = None
         self.prometheus = CollectorRegistry(auto_describe=True)
@@ -187,7 +188,7 @@ class Metrics(PeriodicService):
         if not upto:
             return
         minutes: dict[tuple[int, int], Minute] = {}
-        async for rows in logs.unrolled_rows(self._store, upto):
+        async for rows in logs.unrolled_rows(self._store, upto, node=self.node):
             for row in rows:
                 key = (row[ROW_API], int(row[ROW_AT] // 60) * 60)
                 minute = minutes.get(key)

@@ -22,6 +22,8 @@ class PeriodicService(Service):
     """
 
     run_at_start = False
+    #: A :class:`flm.observe.lease.Lease`: with several nodes, run only where it is held.
+    lease: Any = None
 
     def __init__(self, clock: IReactorTime, interval: float) -> None:
         self._clock = clock
@@ -37,8 +39,16 @@ class PeriodicService(Service):
         """Work to do once on stop, after the last tick."""
 
     def _safe_tick(self) -> Deferred[Any]:
-        return maybeDeferred(self.tick).addErrback(
+        work = self.tick if self.lease is None else self._leased_tick
+        return maybeDeferred(work).addErrback(
             lambda f: log.failure("{name}: periodic work failed", f, name=self.name))
+
+    def _leased_tick(self) -> Deferred[Any]:
+        async def run() -> Any:
+            if await self.lease.held():
+                return await maybeDeferred(self.tick)
+            return None
+        return Deferred.fromCoroutine(run())
 
     def startService(self) -> None:
         super().startService()
@@ -55,3 +65,8 @@ class PeriodicService(Service):
             await self._looping
             self._looping = None
         await self.final()
+        if self.lease is not None:
+            try:
+                await self.lease.release()
+            except Exception:
+                log.failure("{name}: handing the lease on failed", name=self.name)

@@ -15,6 +15,8 @@ from flm.records import API_FIELDS, ApiRecord
 from flm.store.engine import integrity_error, unique_columns
 
 _API_COLUMNS = ", ".join(API_FIELDS)
+# Every config change bumps the version in its own transaction (flm.store.nodes.bump).
+_BUMP = "UPDATE config_version SET version = version + 1 WHERE id = 1"
 
 
 class Conflict(Exception):
@@ -88,6 +90,7 @@ class ApiQueries(Queries):
             c.execute("INSERT INTO api_keys (api_id, name, key_hash, prefix, created_at) "
                       "VALUES (?, 'default', ?, ?, ?)",
                       (api_id, row["key_hash"], row["key_prefix"], now))
+            c.execute(_BUMP)
             c.execute(f"SELECT {_API_COLUMNS} FROM apis WHERE id = ?", (api_id,))
             return _record(c.fetchone())
         return await self._write("create_api", txn)
@@ -143,6 +146,8 @@ class ApiQueries(Queries):
                 if not integrity_error(e):
                     raise
                 raise _conflict(e) from None
+            if c.rowcount > 0:
+                c.execute(_BUMP)
             c.execute(f"SELECT {_API_COLUMNS} FROM apis WHERE id = ?", (api_id,))
             row = c.fetchone()
             return _record(row) if row else None

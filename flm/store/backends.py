@@ -6,7 +6,7 @@ import json
 from typing import Any, Sequence
 
 from flm.records import BACKEND_FIELDS, BackendRecord
-from flm.store.apis import Conflict, Queries
+from flm.store.apis import _BUMP, Conflict, Queries
 from flm.store.engine import integrity_error
 
 _COLUMNS = ", ".join(BACKEND_FIELDS)
@@ -47,6 +47,7 @@ class BackendQueries(Queries):
                 if not integrity_error(e):
                     raise
                 raise Conflict("name") from None
+            c.execute(_BUMP)
             c.execute(f"SELECT {_COLUMNS} FROM backends WHERE name = ?", (row["name"],))
             return _record(c.fetchone())
         return await self._write("create_backend", txn)
@@ -62,6 +63,8 @@ class BackendQueries(Queries):
                       "WHERE backends.url != excluded.url OR backends.kind != excluded.kind OR "
                       "backends.max_concurrent != excluded.max_concurrent",
                       (fields["url"], fields["kind"], fields["max_concurrent"], now, now))
+            if c.rowcount > 0:
+                c.execute(_BUMP)
             c.execute(f"SELECT {_COLUMNS} FROM backends WHERE name = 'default'")
             return _record(c.fetchone())
         return await self._write("put_default_backend", txn)
@@ -73,6 +76,8 @@ class BackendQueries(Queries):
         def txn(c: Any) -> BackendRecord | None:
             c.execute(f"UPDATE backends SET {assignments} WHERE name = ?",
                       [*fields.values(), name])
+            if c.rowcount > 0:
+                c.execute(_BUMP)
             c.execute(f"SELECT {_COLUMNS} FROM backends WHERE name = ?", (name,))
             row = c.fetchone()
             return _record(row) if row else None
@@ -81,7 +86,10 @@ class BackendQueries(Queries):
     async def delete_backend(self, name: str) -> bool:
         def txn(c: Any) -> bool:
             c.execute("DELETE FROM backends WHERE name = ?", (name,))
-            return bool(c.rowcount)
+            gone = c.rowcount > 0
+            if gone:
+                c.execute(_BUMP)
+            return gone
         return await self._write("delete_backend", txn)
 
     async def apis_naming(self) -> list[tuple[int, str, list[str] | None]]:

@@ -18,10 +18,11 @@ from twisted.logger import Logger
 
 from flm.records import utc_iso
 from flm.store import spans
-from flm.store.apis import ApiQueries, Conflict
+from flm.store.apis import _BUMP, ApiQueries, Conflict
 from flm.store.backends import BackendQueries
 from flm.store.engine import Engine, dialect
 from flm.store.keys import KeyQueries
+from flm.store.nodes import NodeQueries
 from flm.store.pg import PostgresEngine, is_postgresql
 from flm.store.pool import SQLiteEngine
 from flm.store.timings import Timings
@@ -33,7 +34,7 @@ log = Logger()
 LOG_COLUMNS = ("api_id", "created_at", "method", "path", "status", "queue_ms", "ttfb_ms",
                "upstream_ms", "response_ms", "bytes_in", "bytes_out", "model",
                "prompt_tokens", "completion_tokens", "request_id", "error", "key_id", "key_name",
-               "backend", "attempts")
+               "backend", "attempts", "node")
 _ONE_ROW = f"({', '.join('?' * len(LOG_COLUMNS))})"
 # Rows per INSERT: powers of two, so a few statement texts exist (sqlite3 caches each
 # prepared one: a 256-row one holds a few hundred kB) and a batch of 500 rows takes six.
@@ -64,7 +65,7 @@ def make_engine(database: Path | str, reactor: Any = None) -> Engine:
     return SQLiteEngine(Path(str(database).removeprefix("sqlite:")), reactor)
 
 
-class Store(ApiQueries, KeyQueries, BackendQueries, Service):
+class Store(ApiQueries, KeyQueries, BackendQueries, NodeQueries, Service):
     """The database through ``adbapi``; stops last, after everything that writes to it."""
 
     name = "store"
@@ -154,6 +155,8 @@ class Store(ApiQueries, KeyQueries, BackendQueries, Service):
         def txn(c: Any) -> bool:
             c.execute("DELETE FROM apis WHERE id = ?", (api_id,))
             gone = c.rowcount > 0
+            if gone:
+                c.execute(_BUMP)
             c.execute("DELETE FROM performance_metrics WHERE api_id = ?", (api_id,))
             c.execute("INSERT INTO deleted_apis (api_id) VALUES (?) ON CONFLICT DO NOTHING",
                       (api_id,))

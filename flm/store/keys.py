@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from flm.records import KEY_FIELDS, KeyRecord
-from flm.store.apis import Conflict, Queries
+from flm.store.apis import _BUMP, Conflict, Queries
 from flm.store.engine import integrity_error, unique_columns
 
 _KEY_COLUMNS = ", ".join(KEY_FIELDS)
@@ -55,7 +55,9 @@ class KeyQueries(Queries):
         now = self.now_iso()
 
         def txn(c: Any) -> KeyRecord | None:
-            return _one(c, insert_key(c, api_id, name, key_hash, prefix, now, **limits))
+            key_id = insert_key(c, api_id, name, key_hash, prefix, now, **limits)
+            c.execute(_BUMP)
+            return _one(c, key_id)
         record = await self._write("create_key", txn)
         assert record is not None
         return record
@@ -92,6 +94,8 @@ class KeyQueries(Queries):
                 if integrity_error(e) and unique_columns(e) == "api_keys.api_id, api_keys.name":
                     raise Conflict("name") from None
                 raise
+            if c.rowcount > 0:
+                c.execute(_BUMP)
             record = _one(c, key_id)
             if record is not None and "key_hash" in fields and record.name == "default":
                 c.execute("UPDATE apis SET key_hash = ?, key_prefix = ?, updated_at = ? "

@@ -176,10 +176,13 @@ async def prune_metrics(store: Any, older_than: float, apis_per_txn: int = 50) -
         await store.run_write("prune_metrics", txn, ids[start:start + apis_per_txn])
 
 
-async def unrolled_rows(store: Any, upto_id: int, chunk: int = 20_000
-                        ) -> AsyncIterator[list[tuple[Any, ...]]]:
+async def unrolled_rows(store: Any, upto_id: int, chunk: int = 20_000,
+                        node: str | None = None) -> AsyncIterator[list[tuple[Any, ...]]]:
     """Log rows (``LOG_COLUMNS``) up to ``upto_id`` after the newest stored rollup minute:
-    the rows whose rollups a crash lost. In chunks of ids, oldest first."""
+    the rows whose rollups a crash lost. In chunks of ids, oldest first. With ``node``,
+    only that node's rows (and rows without one): other nodes roll up their own."""
+    mine = "" if node is None else " AND (node = ? OR node IS NULL)"
+    extra = () if node is None else (node,)
     def first(c: Any) -> tuple[float | None, int]:
         newest = c.execute("SELECT max(bucket_start) FROM performance_metrics").fetchone()[0]
         since = None if newest is None else newest + 60
@@ -187,8 +190,9 @@ async def unrolled_rows(store: Any, upto_id: int, chunk: int = 20_000
 
     def rows(c: Any, start: int, since: float | None) -> list[tuple[Any, ...]]:
         c.execute(f"SELECT {', '.join(LOG_COLUMNS)} FROM request_logs WHERE id >= ? AND "
-                  "id < ? AND id <= ? AND +created_at >= ? ORDER BY id",
-                  (start, start + chunk, upto_id, -math.inf if since is None else since))
+                  f"id < ? AND id <= ? AND +created_at >= ?{mine} ORDER BY id",
+                  (start, start + chunk, upto_id, -math.inf if since is None else since,
+                   *extra))
         return c.fetchall()
     since, start = await store.run_read("unrolled_bounds", first)
     while start <= upto_id:

@@ -1,0 +1,1 @@
+"""Several FLM processes sharing one database: change propagation, node rows."""

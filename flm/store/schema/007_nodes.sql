@@ -1,0 +1,28 @@
+-- Several nodes (issue 14). One counter every config change (APIs, keys, backends) bumps
+-- in its own write transaction: each node polls it and reloads the config when it moved.
+CREATE TABLE config_version (
+    id      INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL
+);
+INSERT INTO config_version (id, version) VALUES (1, 0);
+-- The FLM processes sharing this database: a row each, upserted at start, its last_seen
+-- renewed every heartbeat; status 'gone' after a clean stop (or read as gone when
+-- last_seen is older than three heartbeats). apis: a JSON list of the API ids it serves.
+CREATE TABLE nodes (
+    name       TEXT PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    last_seen  TEXT NOT NULL,
+    seen_s     REAL NOT NULL,
+    heartbeat_s REAL NOT NULL,
+    status     TEXT NOT NULL,
+    apis       TEXT NOT NULL
+);
+-- Work that runs on one node at a time (retention, checkpoints): the holder renews its
+-- lease each run; another node takes it once expires_at (epoch seconds) has passed.
+CREATE TABLE leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+-- Which node served a request (its node_name), written with the row's batch.
+ALTER TABLE request_logs ADD COLUMN node TEXT
