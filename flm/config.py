@@ -12,28 +12,11 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 import attrs
-from twisted.internet.endpoints import serverFromString
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.I)
-_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
-          "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+from flm.setting_checks import (SIZE, SettingsError, endpoint, http_url,
+                                ip_address, non_negative, one_of, port, positive)
 
-
-class SettingsError(ValueError):
-    """A setting is unknown or out of range; the message names it."""
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from an int or a string such as ``"2GiB"`` or ``"512 MB"``."""
-    if isinstance(value, bool):
-        raise ValueError("not a size")
-    if isinstance(value, int):
-        return value
-    m = _SIZE.match(str(value))
-    if not m:
-        raise ValueError(f"not a size: {value!r}")
-    unit = (m.group(2) or "").lower().removesuffix("b")
-    return int(float(m.group(1)) * _UNITS[unit])
+__all__ = ["Settings", "SettingsError", "default_data_dir", "load_settings"]
 
 
 def default_data_dir(env: Mapping[str, str] = os.environ) -> str:
@@ -42,128 +25,56 @@ def default_data_dir(env: Mapping[str, str] = os.environ) -> str:
     return str(Path("~/.local/share/flm").expanduser())
 
 
-def _size(value: Any, attribute: attrs.Attribute) -> int:
-    try:
-        return parse_size(value)
-    except ValueError as e:
-        raise SettingsError(f"{attribute.name}: {e}") from None
-
-
-_SIZE_SETTING = attrs.Converter(_size, takes_field=True)
-
-
-def _number(attribute: attrs.Attribute, value: Any) -> bool:
-    """A number of the setting's type (an ``int`` setting takes no fractions)."""
-    kinds = (int,) if attribute.type in (int, "int", "int | None") else (int, float)
-    return not isinstance(value, bool) and isinstance(value, kinds)
-
-
-def _positive(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not _number(attribute, value) or value <= 0:
-        raise SettingsError(f"{attribute.name}: must be a positive number, got {value!r}")
-
-
-def _non_negative(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not _number(attribute, value) or value < 0:
-        raise SettingsError(f"{attribute.name}: must be zero or more, got {value!r}")
-
-
-def _one_of(*choices: str) -> Any:
-    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value not in choices:
-            raise SettingsError(f"{attribute.name}: must be {' or '.join(choices)}, "
-                                f"got {value!r}")
-    return check
-
-
-def _http_url(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    """An http(s) URL with a host (``localhost:11434`` parses as scheme ``localhost``)."""
-    if not isinstance(value, str):
-        raise SettingsError(f"{attribute.name}: must be a URL, got {value!r}")
-    try:
-        parts = urlsplit(value)
-        parts.port  # raises ValueError for a port out of range or not a number
-    except ValueError as e:
-        raise SettingsError(f"{attribute.name}: {value!r} is not a valid URL: {e}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(f"{attribute.name}: must be an http:// or https:// URL with a "
-                            f"host, such as http://127.0.0.1:11434; got {value!r}")
-
-
-def _endpoint(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    """A server endpoint description Twisted can parse (nothing listens yet)."""
-    if not isinstance(value, str) or ":" not in value:
-        raise SettingsError(f"{attribute.name}: must be an endpoint description such as "
-                            f"tcp:8420:interface=127.0.0.1, got {value!r}")
-    try:
-        serverFromString(None, value)  # the reactor is only kept, not used, by parsing
-    except Exception as e:  # noqa: BLE001 - each plugin raises its own kind
-        raise SettingsError(f"{attribute.name}: {value!r} is not a valid endpoint "
-                            f"description: {e}") from None
-
-
-def _ip_address(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise SettingsError(f"{attribute.name}: must be an IP address, got {value!r}") from None
-
-
-def _port(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise SettingsError(f"{attribute.name}: must be a port from 1 to 65535, got {value!r}")
-
-
 @attrs.frozen
 class Settings:
     """Everything configurable; names are the TOML keys (see docs/configuration.md)."""
 
     data_dir: str = attrs.field(factory=default_data_dir)
-    admin: str = attrs.field(default="tcp:8420:interface=127.0.0.1", validator=_endpoint)
-    backend: str = attrs.field(default="http://127.0.0.1:11434", validator=_http_url)
-    backend_kind: str = attrs.field(default="ollama", validator=_one_of("ollama", "openai"))
+    admin: str = attrs.field(default="tcp:8420:interface=127.0.0.1", validator=endpoint)
+    backend: str = attrs.field(default="http://127.0.0.1:11434", validator=http_url)
+    backend_kind: str = attrs.field(default="ollama", validator=one_of("ollama", "openai"))
     # None means "the kind's default": 1 for Ollama, 4 for OpenAI-compatible servers.
     backend_max_concurrent: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(_positive))
+        default=None, validator=attrs.validators.optional(positive))
     # sqlite:PATH; None: <data_dir>/flm.db; postgresql://USER@HOST:PORT/DB (several nodes).
     database: str | None = attrs.field(default=None, validator=attrs.validators.optional(
         lambda inst, attribute, value: _database(value)))
-    api_host: str = attrs.field(default="127.0.0.1", validator=_ip_address)
-    first_port: int = attrs.field(default=8080, validator=_port)
-    max_body_bytes: int = attrs.field(default=10 * 1024 * 1024, converter=_SIZE_SETTING,
-                                      validator=_positive)
-    admin_max_body_bytes: int = attrs.field(default=1024 * 1024, converter=_SIZE_SETTING,
-                                            validator=_positive)
+    api_host: str = attrs.field(default="127.0.0.1", validator=ip_address)
+    first_port: int = attrs.field(default=8080, validator=port)
+    max_body_bytes: int = attrs.field(default=10 * 1024 * 1024, converter=SIZE,
+                                      validator=positive)
+    admin_max_body_bytes: int = attrs.field(default=1024 * 1024, converter=SIZE,
+                                            validator=positive)
     # Request bytes waiting in all APIs' queues together; past it, 503 queue_full.
-    max_queued_bytes: int = attrs.field(default=256 * 1024 * 1024, converter=_SIZE_SETTING,
-                                        validator=_positive)
-    connect_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    max_queued_bytes: int = attrs.field(default=256 * 1024 * 1024, converter=SIZE,
+                                        validator=positive)
+    connect_timeout_s: float = attrs.field(default=5.0, validator=positive)
     # Idle backend connections close after this: under the server's own keep-alive
     # (uvicorn, hence vLLM: 5 s), or a request can race the server's close and fail.
-    backend_idle_timeout_s: float = attrs.field(default=4.0, validator=_positive)
-    grace_period_s: float = attrs.field(default=10.0, validator=_non_negative)
-    priority_aging_s: float = attrs.field(default=10.0, validator=_positive)
-    config_cache_size: int = attrs.field(default=4096, validator=_positive)
-    model_cache_ttl_s: float = attrs.field(default=60.0, validator=_positive)
-    health_cache_s: float = attrs.field(default=2.0, validator=_non_negative)
+    backend_idle_timeout_s: float = attrs.field(default=4.0, validator=positive)
+    grace_period_s: float = attrs.field(default=10.0, validator=non_negative)
+    priority_aging_s: float = attrs.field(default=10.0, validator=positive)
+    config_cache_size: int = attrs.field(default=4096, validator=positive)
+    model_cache_ttl_s: float = attrs.field(default=60.0, validator=positive)
+    health_cache_s: float = attrs.field(default=2.0, validator=non_negative)
     # Several backends: each is probed this often (+-20%), each probe within the timeout;
     # a request that failed before its client had a byte goes to at most this many others.
-    backend_probe_interval_s: float = attrs.field(default=5.0, validator=_positive)
-    backend_probe_timeout_s: float = attrs.field(default=2.0, validator=_positive)
-    max_retries: int = attrs.field(default=2, validator=_non_negative)
-    idle_timeout_s: float = attrs.field(default=75.0, validator=_positive)
-    header_timeout_s: float = attrs.field(default=10.0, validator=_positive)
-    body_timeout_s: float = attrs.field(default=60.0, validator=_positive)
-    max_connections: int = attrs.field(default=4096, validator=_positive)
+    backend_probe_interval_s: float = attrs.field(default=5.0, validator=positive)
+    backend_probe_timeout_s: float = attrs.field(default=2.0, validator=positive)
+    max_retries: int = attrs.field(default=2, validator=non_negative)
+    idle_timeout_s: float = attrs.field(default=75.0, validator=positive)
+    header_timeout_s: float = attrs.field(default=10.0, validator=positive)
+    body_timeout_s: float = attrs.field(default=60.0, validator=positive)
+    max_connections: int = attrs.field(default=4096, validator=positive)
     request_log: bool = True
-    log_flush_interval_s: float = attrs.field(default=1.0, validator=_positive)
-    log_batch_rows: int = attrs.field(default=5000, validator=_positive)
-    log_buffer_max_rows: int = attrs.field(default=50_000, validator=_positive)
-    log_retention_days: float = attrs.field(default=30.0, validator=_positive)
-    log_max_rows: int = attrs.field(default=5_000_000, validator=_positive)
-    monitor_interval_s: float = attrs.field(default=60.0, validator=_positive)
-    memory_limit: int = attrs.field(default=2 * 1024**3, converter=_SIZE_SETTING,
-                                    validator=_positive)
+    log_flush_interval_s: float = attrs.field(default=1.0, validator=positive)
+    log_batch_rows: int = attrs.field(default=5000, validator=positive)
+    log_buffer_max_rows: int = attrs.field(default=50_000, validator=positive)
+    log_retention_days: float = attrs.field(default=30.0, validator=positive)
+    log_max_rows: int = attrs.field(default=5_000_000, validator=positive)
+    monitor_interval_s: float = attrs.field(default=60.0, validator=positive)
+    memory_limit: int = attrs.field(default=2 * 1024**3, converter=SIZE,
+                                    validator=positive)
     # Host names the admin API answers to besides loopback and its own interface
     # (a DNS-rebinding guard); ["*"] answers to any.
     admin_allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=tuple)
@@ -179,8 +90,8 @@ class Settings:
     # port>), how often it says it is up, how often it checks for others' changes.
     node_name: str | None = attrs.field(default=None, validator=attrs.validators.optional(
         lambda inst, attribute, value: _node_name(value)))
-    node_heartbeat_s: float = attrs.field(default=5.0, validator=_positive)
-    node_sync_interval_s: float = attrs.field(default=0.25, validator=_positive)
+    node_heartbeat_s: float = attrs.field(default=5.0, validator=positive)
+    node_sync_interval_s: float = attrs.field(default=0.25, validator=positive)
     # Open API ports with SO_REUSEPORT (Linux): several FLM processes share them.
     reuse_port: bool = False
 

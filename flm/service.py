@@ -55,6 +55,7 @@ from flm.startup import (
     raise_open_files,
 )
 from flm.store import Store
+from flm.store.listen import ChangeListener
 from flm.store.pg import check_database
 
 log = Logger()
@@ -256,6 +257,10 @@ class FLMService(MultiService):
         self.node_sync = NodeSync(self.store, self.registry, self.backends, self.admin.changes,
                                   reactor, settings.node_sync_interval_s)
         self.node_sync.forget = self.metrics.forget
+        listener: list[Service] = []
+        if settings.on_postgresql:
+            listener.append(ChangeListener(str(settings.database), self.node_sync.wake,
+                                           reactor=reactor))
         heartbeat = Heartbeat(self.store, settings.node, reactor, settings.node_heartbeat_s,
                               lambda: [rt.config.name for rt in self.registry.runtimes.values()])
         site = AdminSite(self.admin.resource(), clock=reactor,
@@ -270,7 +275,8 @@ class FLMService(MultiService):
                       self.logbuffer, UsageFlush(self.store, self.registry.keys, reactor),
                       budgets, PoolService(pool, admin_pool),
                       BackendsLoader(self.backends, self._default_backend),
-                      self.fleet, self.registry, self.node_sync, heartbeat, self.pulls,
+                      self.fleet, self.registry, self.node_sync, *listener, heartbeat,
+                      self.pulls,
                       models_admin.fleet_pulls,
                       self.monitor, self.retention,
                       self.admin_service):

@@ -13,8 +13,8 @@ from flm.config import (
     SettingsError,
     default_data_dir,
     load_settings,
-    parse_size,
 )
+from flm.setting_checks import parse_size
 
 DATA = "/srv/flm"
 

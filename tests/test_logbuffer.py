@@ -35,7 +35,8 @@ class FakeStore:
         self.hold = False
         self.fail = 0
 
-    def insert_logs(self, rows: Any, last_used: dict[int, float]) -> Deferred[None]:
+    def insert_logs(self, rows: Any, last_used: dict[int, float],
+                    batch_id: str | None = None) -> Deferred[None]:
         rows = list(rows)
         d: Deferred[None] = Deferred()
         if self.fail:
@@ -146,7 +147,7 @@ class RetryTests(OnSQLite, TestCase):
         real_insert = store.insert_logs
         failures = [1]
 
-        def insert_logs(rows: Any, last_used: Any) -> Any:
+        def insert_logs(rows: Any, last_used: Any, batch_id: Any = None) -> Any:
             if failures[0]:
                 failures[0] -= 1
 
@@ -154,7 +155,7 @@ class RetryTests(OnSQLite, TestCase):
                     c.executemany(_INSERT_LOG, list(rows))
                     raise OSError("the disk went away mid-transaction")
                 return store.run_write("insert_logs", txn)
-            return real_insert(rows, last_used)
+            return real_insert(rows, last_used, batch_id)
         store.insert_logs = insert_logs  # type: ignore[method-assign]
 
         clock = Clock()
@@ -169,6 +170,36 @@ class RetryTests(OnSQLite, TestCase):
         ids = await store.run_read("t", lambda c: c.execute(
             "SELECT request_id FROM request_logs ORDER BY id").fetchall())
         self.assertEqual([r[0] for r in ids], [f"r{i}" for i in range(10)])
+        self.assertTrue(buffer.healthy)
+
+
+    async def test_a_batch_whose_commit_answer_was_lost_is_not_written_twice(self) -> None:
+        """The database committed, then went away before saying so (PostgreSQL restarted
+        at that moment): the retry finds its batch id and writes nothing."""
+        store = Store(self.database())
+        store.startService()
+        self.addCleanup(store.stopService)
+        real_insert = store.insert_logs
+        lost = [1]
+
+        async def insert_logs(rows: Any, last_used: Any, batch_id: Any = None) -> bool:
+            written = await real_insert(rows, last_used, batch_id)
+            if lost[0]:
+                lost[0] -= 1
+                raise OSError("the connection is lost")
+            return written
+        store.insert_logs = insert_logs  # type: ignore[method-assign]
+        buffer = LogBuffer(store, Clock(), interval=1.0, batch_rows=100, max_rows=1000)
+        buffer.startService()
+        for i in range(10):
+            buffer.record(row(i))
+        await buffer.flush()
+        self.assertFalse(buffer.healthy)
+        buffer.record(row(10))  # joins after the failed batch, written in the next one
+        await buffer.stopService()
+        ids = await store.run_read("t", lambda c: c.execute(
+            "SELECT request_id FROM request_logs ORDER BY id").fetchall())
+        self.assertEqual([r[0] for r in ids], [f"r{i}" for i in range(11)])
         self.assertTrue(buffer.healthy)
 
 

@@ -63,6 +63,19 @@ class PruneTests(OnSQLite, TestCase):
             "SELECT api_id, request_count FROM performance_metrics").fetchall())
         self.assertEqual(left, [(1, 2)])
 
+    async def test_batch_ids_older_than_a_day_go(self) -> None:
+        await self.store.insert_logs([log_row(1, T0)], {}, batch_id="old")
+        await self.store.insert_logs([log_row(1, T0)], {}, batch_id="new")
+        await self.store.run_write("t", lambda c: c.execute(
+            "UPDATE log_batches SET written_at = ? WHERE id = 'old'", (T0 - 86400 - 1,)))
+        clock = Clock()
+        clock.advance(T0)
+        retention = Retention(self.store, clock, retention_days=30, max_rows=1000)
+        await retention.prune()
+        left = await self.store.run_read("t", lambda c: c.execute(
+            "SELECT id FROM log_batches").fetchall())
+        self.assertEqual([r[0] for r in left], ["new"])
+
     async def test_stop_ends_pruning_after_the_batch_under_way(self) -> None:
         await self.store.insert_logs([log_row(1, T0 - 86400 * 40 + i) for i in range(30)], {})
         clock = Clock()

@@ -3,11 +3,14 @@
 The proxy calls ``record`` (a list append). A ``LoopingCall`` flushes every interval and a
 full batch flushes at once. When the database cannot keep up the buffer stops growing at
 ``max_rows`` and counts what it drops, rather than slow the proxy. A failed flush puts its
-rows back in front (the transaction rolled back, so nothing is written twice).
+rows back in front and tries the same batch, under the same id, first next time: when the
+database went away during the COMMIT, the batch may be written after all, and the store
+skips a batch id it already has, so nothing is written twice.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Callable, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -41,6 +44,7 @@ class LogBuffer(PeriodicService):
         self.last_error: str | None = None
         self.observers: list[Callable[[Row], None]] = []
         self._flushing: Deferred[None] | None = None
+        self._retry: tuple[str, int] | None = None  # the failed batch: its id and size
 
     def record(self, row: Row) -> None:
         for observe in self.observers:
@@ -74,22 +78,27 @@ class LogBuffer(PeriodicService):
     async def _flush(self) -> None:
         try:
             while self.rows:
-                batch, self.rows = self.rows[:self.batch_rows], self.rows[self.batch_rows:]
+                batch_id, n = self._retry or (uuid.uuid4().hex, self.batch_rows)
+                batch, self.rows = self.rows[:n], self.rows[n:]
                 last_used: dict[int, float] = {}
                 for row in batch:
                     if row[1] > last_used.get(row[0], 0.0):
                         last_used[row[0]] = row[1]
                 try:
-                    await self._store.insert_logs(self._stamped(batch), last_used)
+                    await self._store.insert_logs(self._stamped(batch), last_used,
+                                                  batch_id=batch_id)
                 except CancelledError:
                     self.rows[:0] = batch
+                    self._retry = (batch_id, len(batch))
                     raise
                 except Exception as e:
-                    self.rows[:0] = batch
+                    self.rows[:0] = batch  # new rows only ever join at the end
+                    self._retry = (batch_id, len(batch))
                     if self.last_error is None:
                         log.error("writing request logs failed, will retry: {e}", e=e)
                     self.last_error = str(e) or type(e).__name__
                     return
+                self._retry = None
                 self.written += len(batch)
                 if self.last_error is not None:
                     log.info("writing request logs works again")

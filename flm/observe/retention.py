@@ -19,6 +19,10 @@ from flm.store import logs
 log = Logger()
 
 
+#: How long a written log batch's id is kept: a retry of it within this time is skipped.
+BATCH_IDS_KEPT_S = 86400.0
+
+
 class Retention(PeriodicService):
     run_at_start = True
     name = "retention"
@@ -38,9 +42,10 @@ class Retention(PeriodicService):
         """Prune now (or join the pruning under way); fires with the rows deleted."""
         if self._running is not None:
             return self._running
-        older_than = self._clock.seconds() - self.retention_s
-        d = Deferred.fromCoroutine(logs.prune(self._store, older_than, self.max_rows,
-                                              self.batch, lambda: not self._stopping))
+        now = self._clock.seconds()
+        d = Deferred.fromCoroutine(logs.prune(
+            self._store, now - self.retention_s, self.max_rows, self.batch,
+            lambda: not self._stopping, batch_ids_before=now - BATCH_IDS_KEPT_S))
 
         def done(result: Any) -> Any:
             if self._running is d:

@@ -204,13 +204,17 @@ class Store(ApiQueries, KeyQueries, BackendQueries, NodeQueries, Service):
 
     # request logs
 
-    async def insert_logs(self, rows: Iterable[Sequence[Any]],
-                          last_used: dict[int, float]) -> None:
-        """One transaction per batch; also bumps ``last_used_at`` of the APIs in it."""
-        await self._write("insert_logs", write_logs, list(rows), last_used)
+    async def insert_logs(self, rows: Iterable[Sequence[Any]], last_used: dict[int, float],
+                          batch_id: str | None = None) -> bool:
+        """One transaction per batch; also bumps ``last_used_at`` of the APIs in it. With
+        ``batch_id``, a batch already written (a retry after a lost commit answer) is
+        skipped: False."""
+        return bool(await self._write("insert_logs", write_logs, list(rows), last_used,
+                                      batch_id, self._now()))
 
 
-def write_logs(c: Any, rows: Sequence[Sequence[Any]], last_used: dict[int, float]) -> None:
+def write_logs(c: Any, rows: Sequence[Sequence[Any]], last_used: dict[int, float],
+               batch_id: str | None = None, now: float = 0.0) -> bool:
     """The body of :meth:`Store.insert_logs`, inside its write transaction.
 
     Few statements per batch, not ``executemany``: every statement releases and retakes
@@ -220,6 +224,11 @@ def write_logs(c: Any, rows: Sequence[Sequence[Any]], last_used: dict[int, float
     the first id comes from the first statement's ``lastrowid``, not from a query.
     On PostgreSQL: :func:`_copy_logs`.
     """
+    if batch_id is not None:
+        c.execute("INSERT INTO log_batches (id, written_at) VALUES (?, ?) "
+                  "ON CONFLICT DO NOTHING", (batch_id, now))
+        if c.rowcount == 0:
+            return False  # written by an earlier try whose COMMIT's answer was lost
     if dialect(c) == "postgresql":
         first_id = _copy_logs(c, rows)
     else:
@@ -240,6 +249,7 @@ def write_logs(c: Any, rows: Sequence[Sequence[Any]], last_used: dict[int, float
         spans.note(c, first_id)
     c.executemany("UPDATE apis SET last_used_at = ? WHERE id = ?",
                   [(utc_iso(t), api_id) for api_id, t in sorted(last_used.items())])
+    return True
 
 
 def _copy_logs(c: Any, rows: Sequence[Sequence[Any]]) -> int:

@@ -101,13 +101,15 @@ async def logs_page(store: Any, api_id: int | None, limit: int, before_id: int |
 
 
 async def prune(store: Any, older_than: float, max_rows: int, batch: int = 2000,
-                keep_going: Callable[[], bool] = lambda: True) -> int:
+                keep_going: Callable[[], bool] = lambda: True,
+                batch_ids_before: float | None = None) -> int:
     """Delete rows older than ``older_than`` (epoch s), then the oldest past ``max_rows``;
     also rollups older than ``older_than``. Rows go by id range: those below the window's
     lower id bound are all old, those between the bounds are checked one by one. Each
     batch of up to ``batch`` rows is its own short write transaction, so log flushes and
     admin writes slip in between; ``keep_going() == False`` stops after the batch under
-    way. Returns the log rows deleted."""
+    way. Batch ids written before ``batch_ids_before`` go too (a retry that late is not
+    expected: see :func:`flm.store.db.write_logs`). Returns the log rows deleted."""
     def bounds(c: Any) -> tuple[int, int]:
         hi = spans.upper(c, older_than)
         lo = spans.lower(c, older_than)
@@ -159,6 +161,9 @@ async def prune(store: Any, older_than: float, max_rows: int, batch: int = 2000,
     if keep_going():
         await store.run_write("prune_spans", lambda c: spans.forget_below(c, spans.first_id(c)))
         await prune_metrics(store, older_than)
+        if batch_ids_before is not None:
+            await store.run_write("prune_log_batches", lambda c: c.execute(
+                "DELETE FROM log_batches WHERE written_at < ?", (batch_ids_before,)))
     return deleted
 
 

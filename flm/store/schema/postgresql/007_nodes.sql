@@ -26,4 +26,7 @@ CREATE TABLE leases (
     expires_at DOUBLE PRECISION NOT NULL
 );
 -- Which node served a request (its node_name), written with the row's batch.
-ALTER TABLE request_logs ADD COLUMN node TEXT
+ALTER TABLE request_logs ADD COLUMN node TEXT;
+-- Every bump wakes the other nodes at once (flm/store/listen.py); the poll is the net.
+CREATE FUNCTION flm_config_changed() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('flm_changes', NEW.version::text); RETURN NULL; END $$;
+CREATE TRIGGER config_version_notify AFTER UPDATE ON config_version FOR EACH ROW EXECUTE FUNCTION flm_config_changed()

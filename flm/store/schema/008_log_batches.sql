@@ -1,0 +1,8 @@
+-- A batch of log rows is written with its id, in the same transaction: a batch retried
+-- after its commit's answer was lost (PostgreSQL gone at that moment) is found written
+-- and not written again. Ids older than a day go with retention.
+CREATE TABLE log_batches (
+    id         TEXT PRIMARY KEY,
+    written_at REAL NOT NULL
+);
+CREATE INDEX log_batches_written_at ON log_batches (written_at)
