@@ -120,7 +120,8 @@ class FLM:
         repo = repo or (Path(os.environ["FLM_BENCH_REPO"]) if os.environ.get("FLM_BENCH_REPO")
                         else None)
         if repo is not None:  # another checkout of FLM (bench.ab): its code, not this one's
-            env["PYTHONPATH"] = str(repo)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo),
+                                                             os.environ.get("PYTHONPATH")]))
         self.child = Child(name, argv, logdir, env=env, cwd=data_dir)
 
     @property
