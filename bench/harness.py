@@ -108,7 +108,7 @@ class FLM:
     """
 
     def __init__(self, logdir: Path, data_dir: Path, backend_port: int, extra: list[str] | None = None,
-                 name: str = "flm") -> None:
+                 name: str = "flm", repo: Path | None = None) -> None:
         self.token = os.environ.get("FLM_BENCH_TOKEN") or secrets.token_urlsafe(24)
         self.admin_port = free_ports(1)[0]
         self.data_dir = data_dir
@@ -116,8 +116,13 @@ class FLM:
         argv = flmproc.flm_command(data_dir, self.admin_port, f"http://{HOST}:{backend_port}",
                                    args=["--backend-kind", "openai", *(extra or [])])
         self.argv = argv
-        self.child = Child(name, argv, logdir, env=flmproc.flm_env(self.token, clean=False),
-                           cwd=data_dir)
+        env = flmproc.flm_env(self.token, clean=False)
+        repo = repo or (Path(os.environ["FLM_BENCH_REPO"]) if os.environ.get("FLM_BENCH_REPO")
+                        else None)
+        if repo is not None:  # another checkout of FLM (bench.ab): its code, not this one's
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo),
+                                                             os.environ.get("PYTHONPATH")]))
+        self.child = Child(name, argv, logdir, env=env, cwd=data_dir)
 
     @property
     def pid(self) -> int:

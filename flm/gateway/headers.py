@@ -9,25 +9,27 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
     b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade",
 })
-_NOT_FORWARDED = HOP_BY_HOP | {
+_NOT_FORWARDED = HOP_BY_HOP | frozenset({
     # The API key, in any header a client may put it in (Azure's ``api-key`` too).
     b"authorization", b"api-key", b"x-api-key", b"host", b"content-length", b"content-type", b"expect",
     b"accept-encoding", b"x-request-id", b"cookie",
-}
-_NOT_RETURNED = HOP_BY_HOP | {b"content-length", b"server", b"date", b"x-request-id",
-                              b"set-cookie"}
+})
+_NOT_RETURNED = HOP_BY_HOP | frozenset({b"content-length", b"server", b"date",
+                                        b"x-request-id", b"set-cookie"})
 
 
-def _connection_listed(headers: Headers) -> set[bytes]:
-    listed: set[bytes] = set()
-    for value in headers.getRawHeaders(b"connection", []):
-        listed.update(t.strip().lower() for t in value.split(b","))
-    return listed
+def _dropped(headers: Headers, always: frozenset[bytes]) -> frozenset[bytes]:
+    """``always``, plus the headers the ``Connection`` header lists (most have none: no
+    new set then)."""
+    listed = headers.getRawHeaders(b"connection")
+    if not listed:
+        return always
+    return always.union(t.strip().lower() for value in listed for t in value.split(b","))
 
 
 def upstream_headers(incoming: Headers, request_id: bytes) -> Headers:
     """The client's headers minus hop-by-hop ones, its key and anything FLM sets."""
-    drop = _NOT_FORWARDED | _connection_listed(incoming)
+    drop = _dropped(incoming, _NOT_FORWARDED)
     out = Headers()
     for name, values in incoming.getAllRawHeaders():
         if name.lower() not in drop:
@@ -41,7 +43,7 @@ def copy_response_headers(upstream: Headers, request: object, length: object) ->
     """Copy the backend's response headers onto the client response; ``length`` is the
     body's length to announce (``response.length``: Twisted's client keeps Content-Length
     out of ``headers``), or None / ``UNKNOWN_LENGTH`` for a chunked answer."""
-    drop = _NOT_RETURNED | _connection_listed(upstream)
+    drop = _dropped(upstream, _NOT_RETURNED)
     set_raw = request.responseHeaders.setRawHeaders  # type: ignore[attr-defined]
     for name, values in upstream.getAllRawHeaders():
         if name.lower() not in drop:

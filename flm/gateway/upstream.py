@@ -6,10 +6,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import attrs
-from twisted.internet.defer import TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
 from twisted.web.iweb import IAgent
 
 from flm.backends.health import BackendHealth
@@ -17,13 +15,6 @@ from flm.gateway.admission import BackendGate, QueuedBytes
 from flm.gateway.fleet import Fleet, Member
 
 DEFAULT_MAX_QUEUED_BYTES = 256 * 1024 * 1024
-
-def timed_out(result: Any, timeout: float) -> Any:
-    """Agent wraps a cancellation (``ResponseNeverReceived``...): still a timeout."""
-    if isinstance(result, Failure):
-        return Failure(TimeoutError(f"no answer in {timeout:g} s"))
-    return result
-
 
 @attrs.define
 class Upstream:

@@ -24,6 +24,7 @@ class GuardedChannel(HTTPChannel):
 
     _between = True
     _deadline: IDelayedCall | None = None
+    _what = "headers"  # what the deadline is for: "headers" or "body"
     # This request's head so far, counted here: Twisted's own counters are private.
     _head_bytes = 0
     _head_count = 0
@@ -82,16 +83,20 @@ class GuardedChannel(HTTPChannel):
         super().connectionLost(reason)
 
     def _arm(self, seconds: float, what: str) -> None:
-        self._disarm()
-        self._deadline = self.callLater(seconds, self._late, what)
+        self._what = what
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.reset(seconds)  # headers in: the body's deadline, same timer
+        else:
+            self._deadline = self.callLater(seconds, self._late)
 
     def _disarm(self) -> None:
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
 
-    def _late(self, what: str) -> None:
+    def _late(self) -> None:
         self._deadline = None
+        what = self._what
         request = self.requests[-1] if self.requests else None
         if request is not None and request.startedWriting:
             self.transport.abortConnection()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -30,12 +30,11 @@ from flm.observe.minutes import (
 )
 from flm.observe.periodic import PeriodicService
 from flm.observe.prometheus import RuntimeCollector
+from flm.observe.series import ApiSeries, RequestSeries, count
 from flm.store import logs
 
 log = Logger()
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                   60.0, 120.0, 300.0)
 class Metrics(PeriodicService):
     """Per-minute rollups and the Prometheus registry; ``observe`` is the row observer."""
 
@@ -52,21 +51,8 @@ class Metrics(PeriodicService):
         self._rolling: Deferred[None] | None = None
         self.prometheus = CollectorRegistry(auto_describe=True)
         r = self.prometheus
-        self._requests = Counter("flm_requests", "Requests that passed the key check, by "
-                                 "API id and status class.", ["api", "status_class"], registry=r)
-        self._latency = Histogram("flm_request_duration_seconds", "Arrival to last byte sent "
-                                  "to the client.", ["api"], buckets=LATENCY_BUCKETS, registry=r)
-        self._ttfb = Histogram("flm_time_to_first_byte_seconds", "Admitted to first byte from "
-                               "the backend.", ["api"], buckets=LATENCY_BUCKETS, registry=r)
-        self._errors = Counter("flm_request_errors", "Requests counted in error_rate: "
-                               "answered with a status >= 500 (kind=status) or cut by a "
-                               "backend failure after the status was sent (kind=cut).",
-                               ["api", "kind"], registry=r)
-        self._prompt = Counter("flm_prompt_tokens", "Prompt tokens the backend reported.",
-                               ["api"], registry=r)
-        self._completion = Counter("flm_completion_tokens", "Completion tokens the backend "
-                                   "reported.", ["api"], registry=r)
-        self._children: dict[int, tuple[Any, ...]] = {}
+        self.series = RequestSeries()
+        r.register(self.series)
         # Deleted APIs (ids are never reused): rows of requests that end after the delete
         # must not bring their series, or a rollup, back.
         self._deleted: set[int] = set()
@@ -91,43 +77,28 @@ class Metrics(PeriodicService):
             log.failure("metrics could not count a log row")
 
     def _count(self, api_id: int, row: Sequence[Any]) -> None:
-        children = self._children.get(api_id)
-        if children is None:
-            a = str(api_id)
-            children = self._children[api_id] = (
-                {}, self._latency.labels(a), self._ttfb.labels(a), self._prompt.labels(a),
-                self._completion.labels(a))
-        by_class, latency, ttfb, prompt, completion = children
-        cls = status_class(row[ROW_STATUS])
-        counter = by_class.get(cls)
-        if counter is None:
-            counter = by_class[cls] = self._requests.labels(str(api_id), cls)
-        counter.inc()
+        s = self.series.apis.get(api_id)
+        if s is None:
+            s = self.series.apis[api_id] = ApiSeries()
+        count(s.by_class, status_class(row[ROW_STATUS]))
         kind = error_kind(row)
         if kind is not None:
-            self._errors.labels(str(api_id), kind).inc()
+            count(s.errors, kind)
         if row[ROW_RESPONSE] is not None:
-            latency.observe(row[ROW_RESPONSE] / 1000.0)
+            s.latency.observe(row[ROW_RESPONSE] / 1000.0)
         if row[ROW_TTFB] is not None:
-            ttfb.observe(row[ROW_TTFB] / 1000.0)
+            s.ttfb.observe(row[ROW_TTFB] / 1000.0)
         if row[ROW_PROMPT]:
-            prompt.inc(row[ROW_PROMPT])
+            s.prompt[0] += row[ROW_PROMPT]
         if row[ROW_COMPLETION]:
-            completion.inc(row[ROW_COMPLETION])
+            s.completion[0] += row[ROW_COMPLETION]
 
     def forget(self, api_id: int) -> None:
         """The API was deleted: drop its series and its minutes not yet rolled up."""
         self._deleted.add(api_id)
         for key in [k for k in self.minutes if k[0] == api_id]:
             del self.minutes[key]
-        children = self._children.pop(api_id, None)
-        if children is None:
-            return
-        a = str(api_id)
-        for cls in children[0]:
-            self._requests.remove(a, cls)
-        for family in (self._latency, self._ttfb, self._prompt, self._completion):
-            family.remove(a)
+        self.series.apis.pop(api_id, None)
 
     def pending(self, api_id: int, since: float, until: float) -> list[list[Any]]:
         """Minutes not yet in the store, as rollup rows: fresh data for the metrics API."""
