@@ -113,7 +113,8 @@ def build(settings: Settings, reactor: Any, owner: Owner | None = None) -> "FLMS
     make_data_dir(settings.data_dir, owner)
     # The lock keeps two processes off one SQLite file; nodes on PostgreSQL may share a
     # data dir (several on one machine), so they do not take it.
-    lock = None if settings.on_postgresql else DataDirLock.take(settings.data_dir)
+    lock = None if settings.on_postgresql else DataDirLock.take(settings.data_dir,
+                                                                settings.db_path)
     if settings.on_postgresql:
         try:
             check_database(str(settings.database))

@@ -90,40 +90,59 @@ def give_to(owner: Owner, data_dir: str) -> None:
 
 
 class DataDirLock:
-    """An ``flock`` on ``<data-dir>/flm.lock``, which also says the holder's pid."""
+    """An ``flock`` on ``<data-dir>/flm.lock``, which also says the holder's pid; and on
+    ``<file>.lock`` beside a SQLite file kept elsewhere (``--database sqlite:PATH``), so two
+    data dirs cannot share one database file either."""
 
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path = path
-        self._fd = fd
+    def __init__(self, paths: list[Path], fds: list[int]) -> None:
+        self.path = paths[0]
+        self._fds = fds
 
     @classmethod
-    def take(cls, data_dir: str) -> "DataDirLock":
-        """Lock the data dir or raise :class:`StartupError` naming the FLM that holds it."""
-        path = Path(data_dir) / LOCK_FILE
+    def take(cls, data_dir: str, database: Path | None = None) -> "DataDirLock":
+        """Lock the data dir (and ``database``) or raise :class:`StartupError` naming the
+        FLM that holds it."""
+        paths = [Path(data_dir) / LOCK_FILE]
+        if database is not None and database.parent.resolve() != Path(data_dir).resolve():
+            paths.append(database.with_name(database.name + ".lock"))
+        fds: list[int] = []
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as e:
-            raise StartupError(f"data_dir: cannot open {path}: {e.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise StartupError(f"data_dir: {data_dir} is in use by another FLM (pid {holder}); "
-                               "stop it, or give this one another --data-dir") from None
-        lock = cls(path, fd)
+            for path, what in zip(paths, ("data_dir", "database")):
+                fds.append(_flock(path, what, data_dir if what == "data_dir" else database))
+        except StartupError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        lock = cls(paths, fds)
         lock.write_pid()
         return lock
 
     def write_pid(self) -> None:
         """Name this process as the holder; called again in the daemon after the fork."""
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, b"%d\n" % os.getpid(), 0)
+        for fd in self._fds:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, b"%d\n" % os.getpid(), 0)
 
     def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+
+def _flock(path: Path, what: str, name: Any) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise StartupError(f"{what}: cannot open {path}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        other = "--data-dir" if what == "data_dir" else "database"
+        raise StartupError(f"{what}: {name} is in use by another FLM (pid {holder}); "
+                           f"stop it, or give this one another {other}") from None
+    return fd
 
 
 def listen_now(endpoint: Any, factory: Any, description: str) -> IListeningPort:

@@ -179,3 +179,26 @@ class PropagationTests(SynchronousTestCase):
         self.b.store.config_snapshot = read  # type: ignore[method-assign]
         self.b.advance(POLL)
         self.assertIsNotNone(self.runtime(self.b, api))
+
+    def test_a_database_outage_is_logged_once_and_its_end_once(self) -> None:
+        from twisted.logger import globalLogPublisher
+        seen: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        version = self.b.store.config_version
+
+        async def away() -> int:
+            raise OSError("the connection is lost")
+        self.b.store.config_version = away  # type: ignore[method-assign]
+        for _ in range(8):
+            self.b.advance(POLL)
+        self.assertTrue(self.b.sync.failing)
+        self.flushLoggedErrors(OSError)
+        self.b.store.config_version = version  # type: ignore[method-assign]
+        api = self.a.create_api()
+        self.b.advance(POLL)
+        self.assertFalse(self.b.sync.failing)
+        self.assertIsNotNone(self.runtime(self.b, api))
+        said = [e["log_format"] for e in seen if e.get("log_namespace") == "flm.nodes.sync"]
+        self.assertEqual(len(said), 2, said)
+        self.assertIn("works again", said[1])

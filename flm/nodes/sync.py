@@ -75,6 +75,7 @@ class NodeSync(Service):
         self._looping: Deferred[Any] | None = None
         self._polling: Deferred[None] | None = None
         self._again = False
+        self.failing = False  # the last poll failed (the database is away)
 
     def startService(self) -> None:
         super().startService()
@@ -101,7 +102,7 @@ class NodeSync(Service):
             self._again = True
             return succeed(None)
         d = Deferred.fromCoroutine(self._poll())
-        d.addErrback(lambda f: log.failure("node sync: reading the config failed", f))
+        d.addCallbacks(self._worked, self._failed)
         if not d.called:
             self._polling = d
 
@@ -112,6 +113,18 @@ class NodeSync(Service):
                     self.poll()
             d.addBoth(done)
         return d
+
+    def _worked(self, _: Any) -> None:
+        if self.failing:
+            self.failing = False
+            log.info("node sync: reading the config works again")
+
+    def _failed(self, failure: Any) -> None:
+        """Said once an outage, not four times a second: the cached config serves on."""
+        if not self.failing:
+            self.failing = True
+            log.failure("node sync: cannot read the config; serving the config this node "
+                        "has, retrying every {interval} s", failure, interval=self.interval)
 
     async def _poll(self) -> None:
         await self._registry.ready  # the registry's own start-up first

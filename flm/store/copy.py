@@ -20,6 +20,8 @@ from flm.store.pg import connect, is_postgresql, migrate, redact
 from flm.store.pool import SQLiteEngine
 
 BATCH = 5000
+#: Tables the schema itself fills (a migration's INSERT): replaced by the source's rows.
+SEEDED = frozenset({"config_version"})
 
 
 class CopyError(Exception):
@@ -76,7 +78,9 @@ def copy_database(source: str, target: str,
         counts: dict[str, int] = {}
         with dst.transaction():
             for table in tables:
-                if dst.execute(f'SELECT EXISTS (SELECT 1 FROM "{table}")').fetchone()[0]:
+                if table in SEEDED:
+                    dst.execute(f'DELETE FROM "{table}"')
+                elif dst.execute(f'SELECT EXISTS (SELECT 1 FROM "{table}")').fetchone()[0]:
                     raise CopyError(f"{redact(target)} is not empty (table {table} has "
                                     "rows); copy into a new database")
             for table in tables:

@@ -16,6 +16,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from flm.store.pg import KEEPALIVES
+
 CHANNEL = "flm_changes"
 
 log = Logger()
@@ -54,7 +56,8 @@ class ChangeListener(Service):
         try:
             while not self._stop.is_set():
                 try:
-                    with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as conn:
+                    with psycopg.connect(self._url, autocommit=True, connect_timeout=5,
+                                         **KEEPALIVES) as conn:
                         conn.execute(f"LISTEN {CHANNEL}")
                         self.connected.set()
                         self._reactor.callFromThread(self._wake)  # what passed while away

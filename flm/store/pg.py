@@ -121,6 +121,12 @@ def _configure(conn: Any, *, reader: bool) -> None:
         conn.read_only = True
 
 
+#: libpq TCP keepalives: a server gone without a word (a cable, a host frozen) is noticed
+#: in about a minute, not at the OS's two-hour default, so no thread waits on it for long.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+              "keepalives_count": 3}
+
+
 def connect(url: str, **kw: Any) -> Any:
     """One psycopg connection, or an error naming the URL without its password."""
     try:
@@ -129,7 +135,7 @@ def connect(url: str, **kw: Any) -> Any:
         raise RuntimeError("database: PostgreSQL needs psycopg: pip install "
                            "'flm[postgresql]'") from None
     try:
-        conn = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S, **kw)
+        conn = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S, **{**KEEPALIVES, **kw})
     except psycopg.Error as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise RuntimeError(f"database: cannot connect to {redact(url)}: {reason}") from None
@@ -192,7 +198,7 @@ class PostgresEngine(Engine):
         def pool(n: int, reader: bool) -> adbapi.ConnectionPool:
             kw: dict[str, Any] = {"cp_min": 1, "cp_max": n, "cp_reconnect": True,
                                   "cp_good_sql": "SELECT 1", "cp_noisy": False,
-                                  "connect_timeout": CONNECT_TIMEOUT_S,
+                                  "connect_timeout": CONNECT_TIMEOUT_S, **KEEPALIVES,
                                   "cp_openfun": lambda c: _configure(c, reader=reader)}
             if self._reactor is not None:
                 kw["cp_reactor"] = self._reactor
