@@ -213,6 +213,7 @@ class FLMService(MultiService):
                                  site_limits={**limits, "max_body": settings.max_body_bytes},
                                  tls_cert=settings.tls_cert, tls_key=settings.tls_key)
         self.registry.reuse_port = settings.reuse_port
+        self.registry.shared = settings.on_postgresql
         self.pulls = PullJobs(self.backend, reactor, on_change=lambda job: self.models.expire())
         health = Health(BackendProbe(http, backend_url + probe_path(settings.backend_kind),
                                      reactor, cache_s=settings.health_cache_s),

@@ -16,6 +16,7 @@ from flm.backends import backend_base_url
 from flm.backends.health import BackendHealth
 from flm.gateway.admission import BackendGate
 from flm.gateway.fleet import Fleet, Member
+from flm.gateway.registry import Registry
 from flm.nodes.sync import NodeSync
 from flm.records import BackendRecord
 from tests.keys_harness import KeysHarness
@@ -131,6 +132,21 @@ class PropagationTests(SynchronousTestCase):
         self.b.advance(POLL)
         self.assertIsNone(self.runtime(self.b, api))
         self.assertEqual(self.a.ok("GET", f"/api/apis/{api['id']}")["status"], "running")
+
+    def test_a_node_starting_where_the_port_is_taken_leaves_the_status_alone(self) -> None:
+        api = self.a.create_api()
+        self.patch(Registry, "shared", True)  # as on PostgreSQL
+        self.b.reactor.busy_ports.add(api["port"])
+        self.b.restart()  # restores the running APIs: this one cannot listen here
+        self.assertIsNone(self.runtime(self.b, api))
+        self.assertEqual(self.a.ok("GET", f"/api/apis/{api['id']}")["status"], "running")
+
+    def test_start_where_it_runs_puts_right_a_stored_error(self) -> None:
+        api = self.a.create_api()
+        self.successResultOf(self.a.store.update_api(api["id"], {
+            "status": "error", "status_reason": "port 8080 is in use"}))
+        started = self.a.ok("POST", f"/api/apis/{api['id']}/start")
+        self.assertEqual((started["status"], started["status_reason"]), ("running", None))
 
     def test_backends_follow(self) -> None:
         created = self.successResultOf(self.a.backends.create(  # the admin operation

@@ -68,6 +68,9 @@ class PruneTests(OnSQLite, TestCase):
         await self.store.insert_logs([log_row(1, T0)], {}, batch_id="new")
         await self.store.run_write("t", lambda c: c.execute(
             "UPDATE log_batches SET written_at = ? WHERE id = 'old'", (T0 - 86400 - 1,)))
+        for gone, purged in ((91, T0 - 86400 - 1), (92, T0)):  # deleted APIs' tombstones
+            await self.store.run_write("t", lambda c: c.execute(
+                "INSERT INTO deleted_apis (api_id, purged_at) VALUES (?, ?)", (gone, purged)))
         clock = Clock()
         clock.advance(T0)
         retention = Retention(self.store, clock, retention_days=30, max_rows=1000)
@@ -75,6 +78,9 @@ class PruneTests(OnSQLite, TestCase):
         left = await self.store.run_read("t", lambda c: c.execute(
             "SELECT id FROM log_batches").fetchall())
         self.assertEqual([r[0] for r in left], ["new"])
+        tombstones = await self.store.run_read("t", lambda c: c.execute(
+            "SELECT api_id FROM deleted_apis").fetchall())
+        self.assertEqual([r[0] for r in tombstones], [92])
 
     async def test_stop_ends_pruning_after_the_batch_under_way(self) -> None:
         await self.store.insert_logs([log_row(1, T0 - 86400 * 40 + i) for i in range(30)], {})

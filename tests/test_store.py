@@ -270,6 +270,16 @@ class StoreTests(TestCase):
             "SELECT count(*) FROM performance_metrics WHERE api_id = ?", two.id), 1)
         self.assertIs(await self.store.delete_api(one.id), False)
 
+    async def test_rows_of_a_deleted_api_written_after_its_purge_are_dropped(self) -> None:
+        """Rows still in a buffer (this node's or another's) when the API was deleted."""
+        one = await self.store.create_api(api_fields(1))
+        two = await self.store.create_api(api_fields(2))
+        await self.store.delete_api(one.id)
+        await self.store.purge()
+        await self.store.insert_logs([log_row(one.id, T0), log_row(two.id, T0),
+                                      log_row(one.id, T0 + 1)], {})
+        self.assertEqual(await self.query("SELECT api_id FROM request_logs"), [(two.id,)])
+
     @sqlite_only
     async def test_log_page_queries_use_the_indexes(self) -> None:
         ids = [(await self.store.create_api(api_fields(n))).id for n in range(1, 11)]

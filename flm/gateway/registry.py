@@ -117,6 +117,7 @@ class Registry(Service):
 
     name = "registry"
     reuse_port = False  # SO_REUSEPORT on API ports (settings.reuse_port)
+    shared = False  # several nodes: a port only this one cannot open is not the API's status
 
     def __init__(self, store: ApiSource, upstream: Upstream, *, reactor: Any, cache_size: int,
                  grace_period: float, site_limits: dict[str, Any],
@@ -145,7 +146,7 @@ class Registry(Service):
         self.keys.load(await self.store.key_usage_since(first_day))
         for config in await self.store.apis_to_run():
             try:
-                await self.start(config)
+                await self.start(config, persist=not self.shared)
             except PortInUse:
                 pass
 
@@ -178,6 +179,9 @@ class Registry(Service):
         """Open the API's port (idempotent); a busy port sets status ``error`` and raises.
         Without ``persist`` (another node's change, applied here) no status is written."""
         if config.id in self.runtimes:
+            if persist and (config.status != "running" or config.status_reason):
+                return await self.store.update_api(config.id, {
+                    "status": "running", "status_reason": None}) or config
             return config
         runtime = ApiRuntime(self, config)
         runtime.set_keys(await self.store.keys_of(config.id))

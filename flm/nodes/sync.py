@@ -46,7 +46,7 @@ async def apply_api(registry: Registry, api: ApiRecord, keys: list[KeyRecord]) -
         elif runtime.config != api:
             registry.changed(api)
     except (PortInUse, ApiGone) as e:
-        log.warn("API {name}: another node's change cannot be applied here: {e}",
+        log.warn("API {name}: the stored config cannot be applied on this node: {e}",
                  name=api.name, e=e)
         return
     if runtime.keyring.keys != keys:

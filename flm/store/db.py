@@ -180,14 +180,16 @@ class Store(ApiQueries, KeyQueries, BackendQueries, NodeQueries, Service):
 
     async def _purge(self) -> None:
         def pending(c: Any) -> list[int]:
-            return [r[0] for r in c.execute("SELECT api_id FROM deleted_apis ORDER BY 1")]
+            return [r[0] for r in c.execute(
+                "SELECT api_id FROM deleted_apis WHERE purged_at IS NULL ORDER BY 1")]
 
         def batch(c: Any, api_id: int, n: int) -> int:
             c.execute("DELETE FROM request_logs WHERE id IN (SELECT id FROM request_logs "
                       "WHERE api_id = ? LIMIT ?)", (api_id, n))
             deleted = int(c.rowcount)
-            if deleted < n:
-                c.execute("DELETE FROM deleted_apis WHERE api_id = ?", (api_id,))
+            if deleted < n:  # the tombstone stays a day: rows still buffered are refused
+                c.execute("UPDATE deleted_apis SET purged_at = ? WHERE api_id = ?",
+                          (self._now(), api_id))
             return deleted
         try:
             while not self._stopping:
@@ -229,6 +231,7 @@ def write_logs(c: Any, rows: Sequence[Sequence[Any]], last_used: dict[int, float
                   "ON CONFLICT DO NOTHING", (batch_id, now))
         if c.rowcount == 0:
             return False  # written by an earlier try whose COMMIT's answer was lost
+    rows = _of_stored_apis(c, rows)
     if dialect(c) == "postgresql":
         first_id = _copy_logs(c, rows)
     else:
@@ -250,6 +253,17 @@ def write_logs(c: Any, rows: Sequence[Sequence[Any]], last_used: dict[int, float
     c.executemany("UPDATE apis SET last_used_at = ? WHERE id = ?",
                   [(utc_iso(t), api_id) for api_id, t in sorted(last_used.items())])
     return True
+
+
+def _of_stored_apis(c: Any, rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
+    """Not the rows of a deleted API (its tombstone in ``deleted_apis``): buffered while it
+    was deleted, here or on another node, they would outlive the purge of its rows."""
+    ids = {row[0] for row in rows}
+    if not ids:
+        return rows
+    gone = {r[0] for r in c.execute("SELECT api_id FROM deleted_apis WHERE api_id IN "
+                                    f"({', '.join('?' * len(ids))})", list(ids))}
+    return [row for row in rows if row[0] not in gone] if gone else rows
 
 
 def _copy_logs(c: Any, rows: Sequence[Sequence[Any]]) -> int:

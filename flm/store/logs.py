@@ -108,8 +108,9 @@ async def prune(store: Any, older_than: float, max_rows: int, batch: int = 2000,
     lower id bound are all old, those between the bounds are checked one by one. Each
     batch of up to ``batch`` rows is its own short write transaction, so log flushes and
     admin writes slip in between; ``keep_going() == False`` stops after the batch under
-    way. Batch ids written before ``batch_ids_before`` go too (a retry that late is not
-    expected: see :func:`flm.store.db.write_logs`). Returns the log rows deleted."""
+    way. Batch ids and tombstones of deleted APIs from before ``batch_ids_before`` go too
+    (a retry, or a row buffered, that late is not expected: see
+    :func:`flm.store.db.write_logs`). Returns the log rows deleted."""
     def bounds(c: Any) -> tuple[int, int]:
         hi = spans.upper(c, older_than)
         lo = spans.lower(c, older_than)
@@ -162,9 +163,14 @@ async def prune(store: Any, older_than: float, max_rows: int, batch: int = 2000,
         await store.run_write("prune_spans", lambda c: spans.forget_below(c, spans.first_id(c)))
         await prune_metrics(store, older_than)
         if batch_ids_before is not None:
-            await store.run_write("prune_log_batches", lambda c: c.execute(
-                "DELETE FROM log_batches WHERE written_at < ?", (batch_ids_before,)))
+            await store.run_write("prune_log_batches", _forget_batches, batch_ids_before)
     return deleted
+
+
+def _forget_batches(c: Any, before: float) -> None:
+    """Log batch ids and deleted APIs' tombstones older than ``before``."""
+    c.execute("DELETE FROM log_batches WHERE written_at < ?", (before,))
+    c.execute("DELETE FROM deleted_apis WHERE purged_at < ?", (before,))
 
 
 async def prune_metrics(store: Any, older_than: float, apis_per_txn: int = 50) -> None:

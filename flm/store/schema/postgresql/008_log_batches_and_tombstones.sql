@@ -6,4 +6,7 @@ CREATE TABLE log_batches (
     id         TEXT PRIMARY KEY,
     written_at DOUBLE PRECISION NOT NULL
 );
-CREATE INDEX log_batches_written_at ON log_batches (written_at)
+CREATE INDEX log_batches_written_at ON log_batches (written_at);
+-- A deleted API keeps its row here a day after its log rows are purged (purged_at): rows
+-- of it still buffered then, here or on another node, are not written.
+ALTER TABLE deleted_apis ADD COLUMN purged_at DOUBLE PRECISION
