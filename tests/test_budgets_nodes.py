@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from flm.gateway.registry import Registry
 from flm.observe.budgets import DAY
 from tests.keys_harness import T0, KeysHarness, usage_json
 from tests.test_nodes_sync import POLL, node
@@ -79,3 +80,24 @@ class BudgetAcrossNodesTests(SynchronousTestCase):
         self.successResultOf(self.a.budgets.write())
         self.assertEqual(list(self.a.registry.keys.charges), [])
         self.assertIsNone(self.a.budgets.last_error)
+
+    def test_every_node_shows_the_usage_of_all_nodes(self) -> None:
+        """Key usage in the admin API: stored totals plus this node's not stored yet."""
+        self.patch(Registry, "shared", True)  # several nodes (PostgreSQL)
+        for h, n in ((self.a, 3), (self.b, 2)):
+            for _ in range(n):
+                self.assertEqual(self.send(h, 10), 200)  # budgeted: stored one by one
+                self.assertEqual(h.send(self.api, self.api["key"],  # batched
+                                        answer=usage_json(1, 1)).status, 200)
+        self.a.flush()
+        self.b.flush()
+        self.assertEqual(self.b.send(self.api, self.api["key"], answer=usage_json(1, 1)).status,
+                         200)  # one more on b, not stored yet
+        url = f"/api/apis/{self.api['id']}/keys"
+        for h, default_requests in ((self.a, 5), (self.b, 6)):
+            usage = {k["name"]: k["usage"] for k in h.ok("GET", url)["items"]}
+            self.assertEqual(usage["team"]["requests_today"], 5)
+            self.assertEqual(usage["team"]["tokens_today"], 50)
+            self.assertEqual(usage["default"]["requests_today"], default_requests)
+            self.assertEqual(h.ok("GET", f"{url}/default")["usage"]["requests_today"],
+                             default_requests)

@@ -270,6 +270,13 @@ class StoreTests(TestCase):
             "SELECT count(*) FROM performance_metrics WHERE api_id = ?", two.id), 1)
         self.assertIs(await self.store.delete_api(one.id), False)
 
+    async def test_an_id_past_64_bits_is_no_row_not_an_error(self) -> None:
+        api = await self.store.create_api(api_fields(1))
+        for ref in ("9223372036854775808", "99999999999999999999999"):
+            self.assertIsNone(await self.store.get_api(ref))
+            self.assertIsNone(await self.store.get_key(api.id, ref))
+        self.assertEqual((await self.store.get_api(str(api.id))).id, api.id)
+
     async def test_rows_of_a_deleted_api_written_after_its_purge_are_dropped(self) -> None:
         """Rows still in a buffer (this node's or another's) when the API was deleted."""
         one = await self.store.create_api(api_fields(1))

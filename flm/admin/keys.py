@@ -14,6 +14,7 @@ from flm import keys
 from flm.admin.errors import AdminError
 from flm.admin.observe import parse_time
 from flm.admin.validation import NAME, _int, _pattern, invalid, unknown_field
+from flm.gateway.keys import month_span
 from flm.records import ApiRecord, KeyRecord, utc_iso
 from flm.store import Conflict
 
@@ -99,13 +100,28 @@ class Keys:
         self.publish(action, {"api_id": api_id,
                               "key": None if key is None else self.public(key)})
 
+    async def _cluster_usage(self, keys: list[KeyRecord]) -> None:
+        """With several nodes, the usage to show is every node's: the stored totals plus
+        this node's not stored yet (alone, this node's own counts are exact)."""
+        if not getattr(self.registry, "shared", False) or not keys:
+            return
+        day = int(self._now() // 86400)
+        totals = await self.store.key_tokens([k.id for k in keys], day, month_span(day))
+        for key in keys:
+            today, month, requests = totals.get(key.id, (0, 0, 0))
+            self.registry.keys.settle(key.id, day, today, month, requests)
+
     async def list(self, api_ref: str) -> dict[str, Any]:
         api = await self.find_api(api_ref)
-        return {"items": [self.public(k) for k in await self.store.keys_of(api.id)]}
+        keys_ = await self.store.keys_of(api.id)
+        await self._cluster_usage(keys_)
+        return {"items": [self.public(k) for k in keys_]}
 
     async def show(self, api_ref: str, ref: str) -> dict[str, Any]:
         api = await self.find_api(api_ref)
-        return self.public(await self.find(api, ref))
+        key = await self.find(api, ref)
+        await self._cluster_usage([key])
+        return self.public(key)
 
     async def create(self, api_ref: str, payload: dict[str, Any]) -> dict[str, Any]:
         fields = validate_key(payload, create=True)

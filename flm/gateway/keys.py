@@ -170,16 +170,20 @@ class KeyStates:
             pending[1] += tokens
         self.last_used[key_id] = now
 
-    def settle(self, key_id: int, day: int, tokens_today: int, tokens_month: int) -> None:
-        """The store's totals of a budgeted key (every node's requests): the key's counts
-        are those plus this node's charges not stored yet."""
+    def settle(self, key_id: int, day: int, tokens_today: int, tokens_month: int,
+               requests_today: int | None = None) -> None:
+        """The store's totals of a key (every node's requests): the key's counts are those
+        plus this node's usage not stored yet (queued charges, pending counts)."""
         counts = self._counts_of(key_id, int(self._clock.seconds() // DAY))
-        waiting = [(d, t) for k, d, t, _ in self.charges if k == key_id]
+        waiting = [(d, 1, t) for k, d, t, _ in self.charges if k == key_id]
+        waiting += [(d, r, t) for (k, d), (r, t) in self.pending.items() if k == key_id]
         if counts.day == day:
-            counts.tokens = tokens_today + sum(t for d, t in waiting if d == day)
+            counts.tokens = tokens_today + sum(t for d, _, t in waiting if d == day)
+            if requests_today is not None:
+                counts.requests = requests_today + sum(r for d, r, _ in waiting if d == day)
         if counts.month_start <= day < counts.month_end:
             counts.month_tokens = tokens_month + sum(
-                t for d, t in waiting if counts.month_start <= d < counts.month_end)
+                t for d, _, t in waiting if counts.month_start <= d < counts.month_end)
 
     def drain(self) -> tuple[dict[tuple[int, int], list[int]], dict[int, float]]:
         """What to store now; :meth:`restore` it if storing fails."""

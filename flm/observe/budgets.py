@@ -92,9 +92,9 @@ class BudgetCharges(PeriodicService):
         if not ids:
             return
         day = int(self._clock.seconds() // DAY)
-        for key_id, (today, month) in (await self._store.key_tokens(
+        for key_id, (today, month, requests) in (await self._store.key_tokens(
                 ids, day, self._month_of(day))).items():
-            self._states.settle(key_id, day, today, month)
+            self._states.settle(key_id, day, today, month, requests)
 
     async def tick(self) -> None:
         await self.write()

@@ -19,6 +19,12 @@ _API_COLUMNS = ", ".join(API_FIELDS)
 _BUMP = "UPDATE config_version SET version = version + 1 WHERE id = 1"
 
 
+def fits_id(ref: int | str) -> bool:
+    """Whether ``ref`` can be an id: a 64-bit integer (a larger one is no row, not an
+    out-of-range error from the database)."""
+    return int(ref) < 2**63
+
+
 class Conflict(Exception):
     """A unique field (``name``, ``port``) is taken; ``field`` says which."""
 
@@ -98,6 +104,8 @@ class ApiQueries(Queries):
     async def get_api(self, ref: int | str) -> ApiRecord | None:
         """By id (an int or a string of digits) or by name."""
         column = "id" if isinstance(ref, int) or ref.isdigit() else "name"
+        if column == "id" and not fits_id(ref):
+            return None
 
         def txn(c: Any) -> ApiRecord | None:
             c.execute(f"SELECT {_API_COLUMNS} FROM apis WHERE {column} = ?", (ref,))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from flm.records import KEY_FIELDS, KeyRecord
-from flm.store.apis import _BUMP, Conflict, Queries
+from flm.store.apis import _BUMP, Conflict, Queries, fits_id
 from flm.store.engine import integrity_error, unique_columns
 
 _KEY_COLUMNS = ", ".join(KEY_FIELDS)
@@ -73,6 +73,8 @@ class KeyQueries(Queries):
     async def get_key(self, api_id: int, ref: str) -> KeyRecord | None:
         """By id (digits) or by name (names start with a letter)."""
         column = "id" if ref.isdigit() else "name"
+        if column == "id" and not fits_id(ref):
+            return None
 
         def txn(c: Any) -> KeyRecord | None:
             c.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE api_id = ? AND {column} = ?",

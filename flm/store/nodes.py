@@ -125,15 +125,18 @@ class NodeQueries(Queries):
         return await self._write("charge_key", txn)
 
     async def key_tokens(self, key_ids: list[int], day: int, month: tuple[int, int]
-                         ) -> dict[int, tuple[int, int]]:
-        """``{key_id: (tokens_today, tokens_month)}`` as stored: other nodes' spending."""
+                         ) -> dict[int, tuple[int, int, int]]:
+        """``{key_id: (tokens_today, tokens_month, requests_today)}`` as stored: every
+        node's usage."""
         if not key_ids:
             return {}
         marks = ", ".join("?" * len(key_ids))
 
-        def txn(c: Any) -> dict[int, tuple[int, int]]:
+        def txn(c: Any) -> dict[int, tuple[int, int, int]]:
             c.execute(f"SELECT key_id, sum(CASE WHEN day = ? THEN tokens ELSE 0 END), "
-                      f"sum(tokens) FROM key_usage WHERE key_id IN ({marks}) AND day >= ? "
-                      f"AND day < ? GROUP BY key_id", (day, *key_ids, *month))
-            return {int(k): (int(t or 0), int(m or 0)) for k, t, m in c.fetchall()}
+                      f"sum(tokens), sum(CASE WHEN day = ? THEN requests ELSE 0 END) "
+                      f"FROM key_usage WHERE key_id IN ({marks}) AND day >= ? "
+                      f"AND day < ? GROUP BY key_id", (day, day, *key_ids, *month))
+            return {int(k): (int(t or 0), int(m or 0), int(r or 0))
+                    for k, t, m, r in c.fetchall()}
         return await self._read("key_tokens", txn)
