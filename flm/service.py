@@ -117,7 +117,7 @@ def build(settings: Settings, reactor: Any, owner: Owner | None = None) -> "FLMS
                                                                 settings.db_path)
     if settings.on_postgresql:
         try:
-            check_database(str(settings.database))
+            check_database(str(settings.database), settings.node)
         except RuntimeError as e:
             raise StartupError(str(e)) from None
     if settings.database is None:

@@ -25,7 +25,7 @@ from flm.startup import DataDirLock, StartupError
 from flm.store import Store, logs
 from flm.store.copy import CopyError, copy_database, tables_in_order
 from flm.store.migrations import available
-from flm.store.pg import WRITERS, connect, migrate, redact, translate
+from flm.store.pg import WRITERS, check_database, connect, migrate, redact, translate
 from tests import pg
 from tests.test_store import T0, api_fields, log_row
 
@@ -56,6 +56,26 @@ def test_a_missing_database_is_a_one_line_error() -> None:
     with pytest.raises(RuntimeError) as e:
         connect(pg.url_of("flm_test_does_not_exist"))
     assert "flm_test_does_not_exist" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_second_node_of_a_live_name_is_refused_in_one_line() -> None:
+    pg.require()
+    url = pg.create_database()
+    try:
+        check_database(url, "a", now=T0)  # nothing started on it yet: no nodes table
+        conn = connect(url, autocommit=True)
+        migrate(conn)
+        conn.execute("INSERT INTO nodes (name, started_at, last_seen, seen_s, heartbeat_s, "
+                     "status, apis) VALUES ('a', '', '', %s, 5, 'up', '[]')", (T0,))
+        conn.close()
+        with pytest.raises(RuntimeError) as e:
+            check_database(url, "a", now=T0 + 4)
+        assert str(e.value).startswith("node_name: a node named 'a' is up on this database")
+        assert "wait 11 s" in str(e.value) and "\n" not in str(e.value)
+        check_database(url, "b", now=T0 + 4)  # another name
+        check_database(url, "a", now=T0 + 16)  # three heartbeats missed: that one is gone
+    finally:
+        pg.drop_database(url)
 
 
 def test_nodes_on_postgresql_leave_the_data_dir_unlocked(tmp_path: Path) -> None:

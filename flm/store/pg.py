@@ -12,6 +12,7 @@ text is translated to psycopg's ``%s`` once (cached).
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -143,10 +144,30 @@ def connect(url: str, **kw: Any) -> Any:
     return conn
 
 
-def check_database(url: str) -> None:
-    """At start-up: RuntimeError (one line) when psycopg is missing or the server or the
-    database cannot be reached."""
-    connect(url).close()
+def check_database(url: str, node: str | None = None, now: float | None = None) -> None:
+    """At start-up: RuntimeError (one line) when psycopg is missing, the server or the
+    database cannot be reached, or a node of the same name is up on it (two processes
+    under one name would take each other's leases and heartbeats)."""
+    conn = connect(url)
+    try:
+        if node is not None:
+            _refuse_a_live_namesake(conn, node, time.time() if now is None else now)
+    finally:
+        conn.close()
+
+
+def _refuse_a_live_namesake(conn: Any, node: str, now: float) -> None:
+    import psycopg
+    try:
+        row = conn.execute("SELECT status, seen_s, heartbeat_s FROM nodes WHERE name = %s",
+                           (node,)).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return  # a database no FLM has started on yet
+    if row is not None and row[0] == "up" and now - row[1] < 3 * row[2]:
+        wait = 3 * row[2] - (now - row[1])
+        raise RuntimeError(f"node_name: a node named {node!r} is up on this database (seen "
+                           f"{now - row[1]:.0f} s ago); give this one another --node-name, "
+                           f"or wait {wait:.0f} s if that node was killed")
 
 
 def migrate(conn: Any) -> int:
