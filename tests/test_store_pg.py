@@ -4,6 +4,7 @@ back, and the copy of a SQLite database (every table, every row, ids kept)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -241,6 +242,16 @@ class CopyTests(TestCase):
     def rows(self, table: str, cols: list[str], conn: Any) -> list[tuple[Any, ...]]:
         names = ", ".join(cols)
         return [tuple(r) for r in conn.execute(f"SELECT {names} FROM {table} ORDER BY {names}")]
+
+    def test_a_database_in_use_is_not_copied(self) -> None:
+        lock = DataDirLock.take(str(self.path.parent), self.path)  # a running FLM's
+        try:
+            with self.assertRaises(CopyError) as e:
+                copy_database(f"sqlite:{self.path}", self.url)
+            self.assertIn(f"in use by a running FLM (pid {os.getpid()}): stop it first",
+                          str(e.exception))
+        finally:
+            lock.release()
 
     async def test_every_table_and_row_is_copied_and_ids_go_on(self) -> None:
         counts = copy_database(f"sqlite:{self.path}", self.url)

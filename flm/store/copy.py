@@ -11,6 +11,8 @@ must have no rows. The whole copy is one PostgreSQL transaction: all of it or no
 from __future__ import annotations
 
 import argparse
+import fcntl
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -57,6 +59,23 @@ def _identity_start(src: sqlite3.Connection, table: str) -> int:
     return max(seq, int(top))
 
 
+def _refuse_in_use(path: Path) -> None:
+    """A running FLM holds the lock of its data dir (``flm.lock`` beside the file, or
+    ``<file>.lock``): rows it writes after the copy's snapshot would be left behind."""
+    for lock in (path.parent / "flm.lock", path.with_name(path.name + ".lock")):
+        if not lock.exists():
+            continue
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise CopyError(f"{path} is in use by a running FLM (pid {holder}): stop it "
+                            "first") from None
+        finally:
+            os.close(fd)
+
+
 def copy_database(source: str, target: str,
                   progress: Callable[[str, int], None] = lambda table, n: None
                   ) -> dict[str, int]:
@@ -67,6 +86,7 @@ def copy_database(source: str, target: str,
     path = Path(source.removeprefix("sqlite:")).expanduser()
     if not path.is_file():
         raise CopyError(f"no SQLite database at {path}")
+    _refuse_in_use(path)
     SQLiteEngine(path).prepare(lambda c: None)  # checked and at the newest schema
     src = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True,
                           isolation_level=None)

@@ -53,12 +53,17 @@ class ChangeListener(Service):
 
     def _run(self, done: Deferred[None]) -> None:
         import psycopg
+        lost = False
         try:
             while not self._stop.is_set():
                 try:
                     with psycopg.connect(self._url, autocommit=True, connect_timeout=5,
                                          **KEEPALIVES) as conn:
                         conn.execute(f"LISTEN {CHANNEL}")
+                        if lost:
+                            self._reactor.callFromThread(
+                                log.info, "change listener: listening again")
+                        lost = False
                         self.connected.set()
                         self._reactor.callFromThread(self._wake)  # what passed while away
                         while not self._stop.is_set():
@@ -66,9 +71,11 @@ class ChangeListener(Service):
                                 self._reactor.callFromThread(self._wake)
                 except psycopg.Error as e:
                     self.connected.clear()
-                    self._reactor.callFromThread(
-                        log.warn, "change listener: PostgreSQL lost ({error}); the version "
-                        "poll goes on, retrying", error=str(e).strip())
+                    if not lost:  # said once an outage
+                        self._reactor.callFromThread(
+                            log.warn, "change listener: PostgreSQL lost ({error}); the version "
+                            "poll goes on, retrying", error=str(e).strip().splitlines()[0])
+                    lost = True
                     self._stop.wait(self._retry)
         finally:
             self._reactor.callFromThread(done.callback, None)
