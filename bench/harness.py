@@ -9,6 +9,7 @@ All traffic goes to 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -17,8 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 from tests import flmproc
 
@@ -254,3 +257,18 @@ def flm_available() -> str | None:
         return None
     return ("twistd does not list the flm plugin: install the package "
             "(pip install -e . --config-settings editable_mode=compat) and check flm/tap.py imports")
+
+
+@contextlib.contextmanager
+def postgresql_database(server: str) -> Iterator[tuple[str, str]]:
+    """A new database ``flm_bench_<hex>`` on ``server`` (a PostgreSQL URL where databases
+    may be created), dropped on the way out: ``(name, url)``."""
+    import psycopg
+    name = f"flm_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield name, urlunsplit(urlsplit(server)._replace(path="/" + name))
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -25,9 +25,7 @@ import http.client
 import json
 import sys
 import time
-import uuid
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from bench import harness, loadgen
 from bench.harness import BenchError, median
@@ -35,12 +33,6 @@ from bench.soak import wait_quiet
 
 HOST = harness.HOST
 CHAT = json.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]})
-
-
-def _admin_sql(server: str, sql: str) -> None:
-    import psycopg
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(sql)
 
 
 def start_node(run: harness.Run, name: str, backend_port: int, url: str) -> harness.FLM:
@@ -142,10 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(reason, file=sys.stderr)
         return 2
-    db = f"flm_bench_{uuid.uuid4().hex[:12]}"
-    url = urlunsplit(urlsplit(args.server)._replace(path="/" + db))
-    _admin_sql(args.server, f"CREATE DATABASE {db}")
-    try:
+    with harness.postgresql_database(args.server) as (_, url):
         with harness.Run(args.keep_logs) as run:
             backend, backend_port = harness.start_backend(run.logdir)
             run.add(backend)
@@ -162,18 +151,20 @@ def main(argv: list[str] | None = None) -> int:
             on_b = connection_to("b", a, api)
             took = propagation(a, api, on_b, args.changes)
             on_b.close()
-            ratios = [two / one for one, two in pairs]
-            print(f"\n1 node  {median([o for o, _ in pairs]):7.0f} req/s (median)")
-            print(f"2 nodes {median([t for _, t in pairs]):7.0f} req/s (median); 2/1 per pair: "
-                  f"{', '.join(f'{r:.2f}' for r in ratios)}; median {median(ratios):.3f}")
-            ms = sorted(t * 1000 for t in took)
-            print(f"propagation a -> b over {len(ms)} changes (key created / revoked in turn): "
-                  f"p50 {median(ms):.1f} ms, p90 {ms[int(0.9 * (len(ms) - 1))]:.1f} ms, "
-                  f"max {ms[-1]:.1f} ms")
+            report(pairs, took)
             return 0
-        return 1
-    finally:
-        _admin_sql(args.server, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        return 1  # the run failed: harness.Run said why
+
+
+def report(pairs: list[tuple[float, float]], took: list[float]) -> None:
+    ratios = [two / one for one, two in pairs]
+    print(f"\n1 node  {median([o for o, _ in pairs]):7.0f} req/s (median)")
+    print(f"2 nodes {median([t for _, t in pairs]):7.0f} req/s (median); 2/1 per pair: "
+          f"{', '.join(f'{r:.2f}' for r in ratios)}; median {median(ratios):.3f}")
+    ms = sorted(t * 1000 for t in took)
+    print(f"propagation a -> b over {len(ms)} changes (key created / revoked in turn): "
+          f"p50 {median(ms):.1f} ms, p90 {ms[int(0.9 * (len(ms) - 1))]:.1f} ms, "
+          f"max {ms[-1]:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import uuid
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
@@ -88,12 +86,6 @@ def measure(args: argparse.Namespace, apis: dict[str, Any], procs: dict[str, Any
     return cells
 
 
-def _admin_sql(server: str, sql: str) -> None:
-    import psycopg
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(sql)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="FLM per-request cost: PostgreSQL store vs SQLite")
     p.add_argument("--reps", type=int, default=5)
@@ -108,10 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(reason, file=sys.stderr)
         return 2
-    db = f"flm_bench_{uuid.uuid4().hex[:12]}"
-    url = urlunsplit(urlsplit(args.server)._replace(path="/" + db))
-    _admin_sql(args.server, f"CREATE DATABASE {db}")
-    try:
+    with harness.postgresql_database(args.server) as (db, url):
         with harness.Run(args.keep_logs) as run:
             backend, backend_port = harness.start_backend(run.logdir)
             run.add(backend)
@@ -153,8 +142,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"newest log row id after the runs: {rows}")
             return 0
         return 1
-    finally:
-        _admin_sql(args.server, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
 if __name__ == "__main__":
