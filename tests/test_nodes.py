@@ -44,10 +44,14 @@ class NodeRowTests(SynchronousTestCase):
         self.assertEqual(self.listed(), [
             {"name": "gpu-a:8420", "status": "up", "started_at": "2026-03-15T12:00:00.000Z",
              "last_seen": "2026-03-15T12:00:00.000Z", "apis": ["chat"]}])
-        self.serving = ["chat", "code"]
         self.reactor.advance(5)
         [row] = self.listed()
         self.assertEqual((row["last_seen"], row["apis"]), ("2026-03-15T12:00:05.000Z",
+                                                           ["chat"]))
+        self.serving = ["chat", "code"]  # an API started: listed within a check, not a beat
+        self.reactor.advance(0.25)
+        [row] = self.listed()
+        self.assertEqual((row["last_seen"], row["apis"]), ("2026-03-15T12:00:05.250Z",
                                                            ["chat", "code"]))
         self.successResultOf(beat.stopService())
         [row] = self.listed()
