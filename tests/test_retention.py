@@ -11,6 +11,7 @@ from flm.observe.retention import Retention
 from flm.store import Store, logs
 from tests.pg import OnPostgres, OnSQLite
 from tests.test_logs_api import T0, log_row
+from tests.test_store import api_fields
 
 
 class PruneTests(OnSQLite, TestCase):
@@ -81,6 +82,23 @@ class PruneTests(OnSQLite, TestCase):
         tombstones = await self.store.run_read("t", lambda c: c.execute(
             "SELECT api_id FROM deleted_apis").fetchall())
         self.assertEqual([r[0] for r in tombstones], [92])
+
+    async def test_keys_daily_usage_goes_with_the_logs_but_never_within_two_months(self) -> None:
+        api = await self.store.create_api(api_fields(7))
+        key = (await self.store.keys_of(api.id))[0]
+        today = int(T0 // 86400)
+        await self.store.add_key_usage(
+            {(key.id, today - d): [1, 10] for d in (0, 40, 61, 63, 400)}, {})
+        clock = Clock()
+        clock.advance(T0)
+
+        async def days_left(retention_days: float) -> list[int]:
+            await Retention(self.store, clock, retention_days=retention_days,
+                            max_rows=1000).prune()
+            rows = await self.store.key_usage_since(0)
+            return sorted(today - r[1] for r in rows)
+        self.assertEqual(await days_left(365), [0, 40, 61, 63])  # the logs' 365 days
+        self.assertEqual(await days_left(7), [0, 40, 61])  # two months at the least
 
     async def test_stop_ends_pruning_after_the_batch_under_way(self) -> None:
         await self.store.insert_logs([log_row(1, T0 - 86400 * 40 + i) for i in range(30)], {})

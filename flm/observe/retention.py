@@ -21,6 +21,9 @@ log = Logger()
 
 #: How long a written log batch's id is kept: a retry of it within this time is skipped.
 BATCH_IDS_KEPT_S = 86400.0
+#: Keys' daily usage is kept as long as the logs, and never less than two months: the
+#: current month's budgets and the month before stay whole.
+USAGE_KEPT_S = 62 * 86400.0
 
 
 class Retention(PeriodicService):
@@ -45,7 +48,8 @@ class Retention(PeriodicService):
         now = self._clock.seconds()
         d = Deferred.fromCoroutine(logs.prune(
             self._store, now - self.retention_s, self.max_rows, self.batch,
-            lambda: not self._stopping, batch_ids_before=now - BATCH_IDS_KEPT_S))
+            lambda: not self._stopping, batch_ids_before=now - BATCH_IDS_KEPT_S,
+            usage_before_day=int((now - max(self.retention_s, USAGE_KEPT_S)) // 86400)))
 
         def done(result: Any) -> Any:
             if self._running is d:

@@ -102,7 +102,8 @@ async def logs_page(store: Any, api_id: int | None, limit: int, before_id: int |
 
 async def prune(store: Any, older_than: float, max_rows: int, batch: int = 2000,
                 keep_going: Callable[[], bool] = lambda: True,
-                batch_ids_before: float | None = None) -> int:
+                batch_ids_before: float | None = None,
+                usage_before_day: int | None = None) -> int:
     """Delete rows older than ``older_than`` (epoch s), then the oldest past ``max_rows``;
     also rollups older than ``older_than``. Rows go by id range: those below the window's
     lower id bound are all old, those between the bounds are checked one by one. Each
@@ -110,7 +111,8 @@ async def prune(store: Any, older_than: float, max_rows: int, batch: int = 2000,
     admin writes slip in between; ``keep_going() == False`` stops after the batch under
     way. Batch ids and tombstones of deleted APIs from before ``batch_ids_before`` go too
     (a retry, or a row buffered, that late is not expected: see
-    :func:`flm.store.db.write_logs`). Returns the log rows deleted."""
+    :func:`flm.store.db.write_logs`), and keys' daily usage rows of days before
+    ``usage_before_day``. Returns the log rows deleted."""
     def bounds(c: Any) -> tuple[int, int]:
         hi = spans.upper(c, older_than)
         lo = spans.lower(c, older_than)
@@ -164,6 +166,9 @@ async def prune(store: Any, older_than: float, max_rows: int, batch: int = 2000,
         await prune_metrics(store, older_than)
         if batch_ids_before is not None:
             await store.run_write("prune_log_batches", _forget_batches, batch_ids_before)
+        if usage_before_day is not None:
+            await store.run_write("prune_key_usage", lambda c: c.execute(
+                "DELETE FROM key_usage WHERE day < ?", (usage_before_day,)))
     return deleted
 
 
