@@ -1,7 +1,7 @@
 """Change propagation: what another node changed is in effect here within a poll or two.
 
 Every config write (APIs, keys, backends) bumps ``config_version`` in its own transaction
-(:func:`flm.store.nodes.bump`). :class:`NodeSync` reads that one row every ``interval``
+(:func:`flm.store.apis.bump`). :class:`NodeSync` reads that one row every ``interval``
 seconds, off the request path; when it moved, it reads the whole config in one snapshot
 and makes the runtime match through the registry's own operations (``start``, ``stop``,
 ``move``, ``changed``, ``set_keys``) and the backends' ``sync``, the ones this node's admin

@@ -15,8 +15,14 @@ from flm.records import API_FIELDS, ApiRecord
 from flm.store.engine import integrity_error, unique_columns
 
 _API_COLUMNS = ", ".join(API_FIELDS)
-# Every config change bumps the version in its own transaction (flm.store.nodes.bump).
+# Every config change bumps the version in its own transaction (bump, below).
 _BUMP = "UPDATE config_version SET version = version + 1 WHERE id = 1"
+
+
+def bump(c: Any) -> None:
+    """Inside the write transaction of a config change: every node sees the counter move
+    and reloads (:mod:`flm.nodes.sync`). Committed with the change, or not at all."""
+    c.execute(_BUMP)
 
 
 def fits_id(ref: int | str) -> bool:
@@ -96,7 +102,7 @@ class ApiQueries(Queries):
             c.execute("INSERT INTO api_keys (api_id, name, key_hash, prefix, created_at) "
                       "VALUES (?, 'default', ?, ?, ?)",
                       (api_id, row["key_hash"], row["key_prefix"], now))
-            c.execute(_BUMP)
+            bump(c)
             c.execute(f"SELECT {_API_COLUMNS} FROM apis WHERE id = ?", (api_id,))
             return _record(c.fetchone())
         return await self._write("create_api", txn)
@@ -155,7 +161,7 @@ class ApiQueries(Queries):
                     raise
                 raise _conflict(e) from None
             if c.rowcount > 0:
-                c.execute(_BUMP)
+                bump(c)
             c.execute(f"SELECT {_API_COLUMNS} FROM apis WHERE id = ?", (api_id,))
             row = c.fetchone()
             return _record(row) if row else None

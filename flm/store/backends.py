@@ -6,7 +6,7 @@ import json
 from typing import Any, Sequence
 
 from flm.records import BACKEND_FIELDS, BackendRecord
-from flm.store.apis import _BUMP, Conflict, Queries
+from flm.store.apis import Conflict, Queries, bump
 from flm.store.engine import integrity_error
 
 _COLUMNS = ", ".join(BACKEND_FIELDS)
@@ -47,7 +47,7 @@ class BackendQueries(Queries):
                 if not integrity_error(e):
                     raise
                 raise Conflict("name") from None
-            c.execute(_BUMP)
+            bump(c)
             c.execute(f"SELECT {_COLUMNS} FROM backends WHERE name = ?", (row["name"],))
             return _record(c.fetchone())
         return await self._write("create_backend", txn)
@@ -64,7 +64,7 @@ class BackendQueries(Queries):
                       "backends.max_concurrent != excluded.max_concurrent",
                       (fields["url"], fields["kind"], fields["max_concurrent"], now, now))
             if c.rowcount > 0:
-                c.execute(_BUMP)
+                bump(c)
             c.execute(f"SELECT {_COLUMNS} FROM backends WHERE name = 'default'")
             return _record(c.fetchone())
         return await self._write("put_default_backend", txn)
@@ -77,7 +77,7 @@ class BackendQueries(Queries):
             c.execute(f"UPDATE backends SET {assignments} WHERE name = ?",
                       [*fields.values(), name])
             if c.rowcount > 0:
-                c.execute(_BUMP)
+                bump(c)
             c.execute(f"SELECT {_COLUMNS} FROM backends WHERE name = ?", (name,))
             row = c.fetchone()
             return _record(row) if row else None
@@ -88,7 +88,7 @@ class BackendQueries(Queries):
             c.execute("DELETE FROM backends WHERE name = ?", (name,))
             gone = c.rowcount > 0
             if gone:
-                c.execute(_BUMP)
+                bump(c)
             return gone
         return await self._write("delete_backend", txn)
 

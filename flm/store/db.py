@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from flm.records import utc_iso
 from flm.store import spans
-from flm.store.apis import _BUMP, ApiQueries, Conflict
+from flm.store.apis import ApiQueries, Conflict, bump
 from flm.store.backends import BackendQueries
 from flm.store.engine import Engine, dialect
 from flm.store.keys import KeyQueries
@@ -156,7 +156,7 @@ class Store(ApiQueries, KeyQueries, BackendQueries, NodeQueries, Service):
             c.execute("DELETE FROM apis WHERE id = ?", (api_id,))
             gone = c.rowcount > 0
             if gone:
-                c.execute(_BUMP)
+                bump(c)
             c.execute("DELETE FROM performance_metrics WHERE api_id = ?", (api_id,))
             c.execute("INSERT INTO deleted_apis (api_id) VALUES (?) ON CONFLICT DO NOTHING",
                       (api_id,))

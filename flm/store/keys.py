@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from flm.records import KEY_FIELDS, KeyRecord
-from flm.store.apis import _BUMP, Conflict, Queries, fits_id
+from flm.store.apis import Conflict, Queries, bump, fits_id
 from flm.store.engine import integrity_error, unique_columns
 
 _KEY_COLUMNS = ", ".join(KEY_FIELDS)
@@ -56,7 +56,7 @@ class KeyQueries(Queries):
 
         def txn(c: Any) -> KeyRecord | None:
             key_id = insert_key(c, api_id, name, key_hash, prefix, now, **limits)
-            c.execute(_BUMP)
+            bump(c)
             return _one(c, key_id)
         record = await self._write("create_key", txn)
         assert record is not None
@@ -97,7 +97,7 @@ class KeyQueries(Queries):
                     raise Conflict("name") from None
                 raise
             if c.rowcount > 0:
-                c.execute(_BUMP)
+                bump(c)
             record = _one(c, key_id)
             if record is not None and "key_hash" in fields and record.name == "default":
                 c.execute("UPDATE apis SET key_hash = ?, key_prefix = ?, updated_at = ? "

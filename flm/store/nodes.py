@@ -11,16 +11,10 @@ import json
 from typing import Any
 
 from flm.records import BackendRecord, KeyRecord, utc_iso
-from flm.store.apis import _API_COLUMNS, _BUMP, Queries, _record
+from flm.store.apis import _API_COLUMNS, Queries, _record
 from flm.store.backends import _COLUMNS as _BACKEND_COLUMNS
 from flm.store.backends import _record as _backend_record
 from flm.store.keys import _KEY_COLUMNS, key_record
-
-
-def bump(c: Any) -> None:
-    """Inside the write transaction of a config change: every node sees the counter move
-    and reloads (:mod:`flm.nodes.sync`). Committed with the change, or not at all."""
-    c.execute(_BUMP)
 
 
 def _version(c: Any) -> int:
