@@ -15,6 +15,7 @@ from flm.admin.errors import AdminError
 from flm.admin.observe import parse_time
 from flm.admin.validation import NAME, _int, _pattern, invalid, unknown_field
 from flm.gateway.keys import month_span
+from flm.observe.budgets import DAY, settle_from_store
 from flm.records import ApiRecord, KeyRecord, utc_iso
 from flm.store import Conflict
 
@@ -103,13 +104,10 @@ class Keys:
     async def _cluster_usage(self, keys: list[KeyRecord]) -> None:
         """With several nodes, the usage to show is every node's: the stored totals plus
         this node's not stored yet (alone, this node's own counts are exact)."""
-        if not getattr(self.registry, "shared", False) or not keys:
-            return
-        day = int(self._now() // 86400)
-        totals = await self.store.key_tokens([k.id for k in keys], day, month_span(day))
-        for key in keys:
-            today, month, requests = totals.get(key.id, (0, 0, 0))
-            self.registry.keys.settle(key.id, day, today, month, requests)
+        if getattr(self.registry, "shared", False):
+            day = int(self._now() // DAY)
+            await settle_from_store(self.store, self.registry.keys, [k.id for k in keys],
+                                    day, month_span(day))
 
     async def list(self, api_ref: str) -> dict[str, Any]:
         api = await self.find_api(api_ref)

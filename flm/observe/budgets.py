@@ -29,6 +29,18 @@ def budgeted_keys(runtimes: dict[int, Any]) -> list[int]:
             if k.daily_token_budget is not None or k.monthly_token_budget is not None]
 
 
+async def settle_from_store(store: Any, states: Any, key_ids: list[int], day: int,
+                            month: tuple[int, int]) -> None:
+    """Set the keys' counts to every node's stored usage plus this node's not stored yet
+    (a key with no stored usage: this node's alone)."""
+    if not key_ids:
+        return
+    totals = await store.key_tokens(key_ids, day, month)
+    for key_id in key_ids:
+        today, this_month, requests = totals.get(key_id, (0, 0, 0))
+        states.settle(key_id, day, today, this_month, requests)
+
+
 class BudgetCharges(PeriodicService):
     name = "budget_charges"
 
@@ -88,13 +100,9 @@ class BudgetCharges(PeriodicService):
 
     async def refresh(self) -> None:
         """Other nodes' spending of the budgeted keys served here."""
-        ids = sorted(set(self._budgeted()))
-        if not ids:
-            return
         day = int(self._clock.seconds() // DAY)
-        for key_id, (today, month, requests) in (await self._store.key_tokens(
-                ids, day, self._month_of(day))).items():
-            self._states.settle(key_id, day, today, month, requests)
+        await settle_from_store(self._store, self._states, sorted(set(self._budgeted())), day,
+                                self._month_of(day))
 
     async def tick(self) -> None:
         await self.write()

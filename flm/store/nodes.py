@@ -23,6 +23,17 @@ def _version(c: Any) -> int:
     return int(row[0]) if row else 0
 
 
+def _totals(c: Any, key_ids: list[int], day: int, month: tuple[int, int]
+            ) -> dict[int, tuple[int, int, int]]:
+    """``{key_id: (tokens_today, tokens_month, requests_today)}`` of the keys with rows."""
+    marks = ", ".join("?" * len(key_ids))
+    c.execute(f"SELECT key_id, sum(CASE WHEN day = ? THEN tokens ELSE 0 END), "
+              f"sum(tokens), sum(CASE WHEN day = ? THEN requests ELSE 0 END) "
+              f"FROM key_usage WHERE key_id IN ({marks}) AND day >= ? "
+              f"AND day < ? GROUP BY key_id", (day, day, *key_ids, *month))
+    return {int(k): (int(t or 0), int(m or 0), int(r or 0)) for k, t, m, r in c.fetchall()}
+
+
 class NodeQueries(Queries):
     """The config version and snapshot, the ``nodes`` rows, leases, budget charges."""
 
@@ -111,11 +122,8 @@ class NodeQueries(Queries):
                       "VALUES (?, ?, 1, ?) ON CONFLICT (key_id, day) DO UPDATE SET "
                       "requests = key_usage.requests + 1, "
                       "tokens = key_usage.tokens + excluded.tokens", (key_id, day, tokens))
-            c.execute("SELECT sum(CASE WHEN day = ? THEN tokens ELSE 0 END), sum(tokens) "
-                      "FROM key_usage WHERE key_id = ? AND day >= ? AND day < ?",
-                      (day, key_id, month[0], month[1]))
-            today, total = c.fetchone()
-            return int(today or 0), int(total or 0)
+            today, total, _ = _totals(c, [key_id], day, month).get(key_id, (0, 0, 0))
+            return today, total
         return await self._write("charge_key", txn)
 
     async def key_tokens(self, key_ids: list[int], day: int, month: tuple[int, int]
@@ -124,13 +132,4 @@ class NodeQueries(Queries):
         node's usage."""
         if not key_ids:
             return {}
-        marks = ", ".join("?" * len(key_ids))
-
-        def txn(c: Any) -> dict[int, tuple[int, int, int]]:
-            c.execute(f"SELECT key_id, sum(CASE WHEN day = ? THEN tokens ELSE 0 END), "
-                      f"sum(tokens), sum(CASE WHEN day = ? THEN requests ELSE 0 END) "
-                      f"FROM key_usage WHERE key_id IN ({marks}) AND day >= ? "
-                      f"AND day < ? GROUP BY key_id", (day, day, *key_ids, *month))
-            return {int(k): (int(t or 0), int(m or 0), int(r or 0))
-                    for k, t, m, r in c.fetchall()}
-        return await self._read("key_tokens", txn)
+        return await self._read("key_tokens", _totals, key_ids, day, month)
