@@ -259,10 +259,11 @@ class FLMService(MultiService):
         self.node_sync = NodeSync(self.store, self.registry, self.backends, self.admin.changes,
                                   reactor, settings.node_sync_interval_s)
         self.node_sync.forget = self.metrics.forget
-        listener: list[Service] = []
+        # Other nodes' changes exist only on PostgreSQL: a SQLite file has one FLM (locked).
+        sync: list[Service] = []
         if settings.on_postgresql:
-            listener.append(ChangeListener(str(settings.database), self.node_sync.wake,
-                                           reactor=reactor))
+            sync = [self.node_sync, ChangeListener(str(settings.database), self.node_sync.wake,
+                                                   reactor=reactor)]
         heartbeat = Heartbeat(self.store, settings.node, reactor, settings.node_heartbeat_s,
                               lambda: [rt.config.name for rt in self.registry.runtimes.values()])
         site = AdminSite(self.admin.resource(), clock=reactor,
@@ -277,7 +278,7 @@ class FLMService(MultiService):
                       self.logbuffer, UsageFlush(self.store, self.registry.keys, reactor),
                       budgets, PoolService(pool, admin_pool),
                       BackendsLoader(self.backends, self._default_backend),
-                      self.fleet, self.registry, self.node_sync, *listener, heartbeat,
+                      self.fleet, self.registry, *sync, heartbeat,
                       self.pulls,
                       models_admin.fleet_pulls,
                       self.monitor, self.retention,
