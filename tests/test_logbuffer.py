@@ -104,6 +104,33 @@ class BufferTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(self.store.written, [row(i) for i in range(4)])
 
+    def test_rows_that_arrive_during_a_write_wait_for_a_full_batch_or_the_tick(self) -> None:
+        """Not chased in small batches, each a transaction and an fsync of its own."""
+        self.store.hold = True
+        for i in range(3):
+            self.buffer.record(row(i))  # a full batch: being written
+        self.buffer.record(row(3))
+        self.store.hold = False
+        self.store.pending.pop().callback(None)
+        self.clock.advance(0)
+        self.assertEqual(self.store.batches, [[row(0), row(1), row(2)]])
+        self.assertEqual(self.buffer.rows, [row(3)])
+        self.clock.advance(1.0)
+        self.clock.advance(0)
+        self.assertEqual(self.store.batches[1:], [[row(3)]])
+
+    def test_full_batches_that_arrive_during_a_write_follow_at_once(self) -> None:
+        self.store.hold = True
+        for i in range(3):
+            self.buffer.record(row(i))
+        for i in range(3, 7):
+            self.buffer.record(row(i))  # one more full batch and one row
+        self.store.hold = False
+        self.store.pending.pop().callback(None)
+        self.clock.advance(0)
+        self.assertEqual(self.store.batches, [[row(0), row(1), row(2)], [row(3), row(4), row(5)]])
+        self.assertEqual(self.buffer.rows, [row(6)])
+
     def test_failed_flush_keeps_rows_in_order(self) -> None:
         self.store.fail = 1
         self.buffer.record(row(0))
