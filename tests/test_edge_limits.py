@@ -387,6 +387,25 @@ class EdgeLimitTests(SynchronousTestCase):
         responses, _ = parse_responses(transport.value())
         self.assertEqual([r[0] for r in responses], [200, 408])
 
+    def test_a_request_that_arrives_whole_arms_no_deadline(self) -> None:
+        """The deadline timer is armed only for a request still incomplete after the
+        bytes at hand (three timer calls a request saved); a partial one gets it."""
+        channel, transport = self.h.connect(self.h.api_site)
+        armed: list[float] = []
+        call_later = channel.callLater
+
+        def counting(seconds: float, f: Any, *args: Any) -> Any:
+            if getattr(f, "__name__", "") == "_late":
+                armed.append(seconds)
+            return call_later(seconds, f, *args)
+        channel.callLater = counting
+        channel.dataReceived(request())
+        self.h.pump()
+        self.assertEqual([r[0] for r in parse_responses(transport.value())[0]], [200])
+        self.assertEqual(armed, [])
+        channel.dataReceived(request()[:20])
+        self.assertEqual(armed, [HEADER_TIMEOUT])
+
     def test_idle_keep_alive_connection_is_closed(self) -> None:
         channel, transport = self.h.connect(self.h.api_site)
         self.h.advance(IDLE_TIMEOUT + 1, step=5)

@@ -25,6 +25,10 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder: ``json.loads`` with an argument builds a new one for every call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def rewrite(raw: bytes, model: str, streams_by_default: bool, takes_usage: bool
             ) -> tuple[bytes, UsageChunkFilter | None, str | None]:
     """The body to send upstream: ``model`` set, usage asked for on OpenAI streams; and
@@ -33,9 +37,19 @@ def rewrite(raw: bytes, model: str, streams_by_default: bool, takes_usage: bool
     Its own function so the parsed tree is gone once it returns: a queued request holds
     only the bytes (a 13.8 MiB body parsed is several times that in objects).
     """
-    payload = json.loads(raw, parse_constant=_reject_constant)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode(json.detect_encoding(raw))  # UTF-16/32, as json.loads reads it
+    payload = _DECODER.decode(text.removeprefix("\ufeff"))
     if not isinstance(payload, dict):
         raise ValueError("the body must be a JSON object")
+    # The client's bytes go on as they are when nothing changes (the usual case): one
+    # "model" key, already the API's (a second one, or one spelled with an escape, could
+    # name another model to a backend that keeps the first); UTF-8 without a BOM; no
+    # escapes (a lone surrogate is refused when the body is written anew).
+    same = (payload.get("model") == model and raw.count(b'"model"') == 1
+            and b"\\u" not in raw and raw[:1] != b"\xef")
     payload["model"] = model
     usage_filter = None
     if takes_usage and payload.get("stream", streams_by_default) is True:
@@ -45,6 +59,8 @@ def rewrite(raw: bytes, model: str, streams_by_default: bool, takes_usage: bool
             options["include_usage"] = True
             payload["stream_options"] = options
             usage_filter = UsageChunkFilter()
+            same = False
     user = payload.get("user")
-    return (json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(),
-            usage_filter, user if isinstance(user, str) and user else None)
+    body = raw if same else json.dumps(payload, ensure_ascii=False,
+                                       separators=(",", ":")).encode()
+    return body, usage_filter, user if isinstance(user, str) and user else None
