@@ -201,7 +201,8 @@ class FLMService(MultiService):
                             paths=self.backend.proxy_paths, gate=self.backend_gate,
                             clock=reactor, record=self.logbuffer.record,
                             queued=QueuedBytes(settings.max_queued_bytes), backend=self.backend,
-                            fleet=self.fleet, max_retries=settings.max_retries)
+                            fleet=self.fleet, max_retries=settings.max_retries,
+                            node=settings.node)
         self.backends = Backends(self.store, self.fleet, make_member)
         limits = dict(idle_timeout=settings.idle_timeout_s,
                       header_timeout=settings.header_timeout_s,

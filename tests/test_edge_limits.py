@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -20,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from flm import keys
 from flm.admin.app import AdminApp
 from flm.admin.site import AdminSite
+from flm.backends.ollama import OllamaBackend
 from flm.gateway.admission import BackendGate
 from flm.gateway.registry import ApiRuntime, ApiSite, Registry
 from flm.gateway.resource import ROUTES, Upstream
@@ -162,9 +164,11 @@ class Harness:
         self.rows: list[tuple[Any, ...]] = []
         self.backend = FakeState()
         self.agent = RequestTraversalAgent(FakeResource(self.backend, self.clock))
-        upstream = Upstream(agent=self.agent, base_url=b"http://backend",
+        self.upstream = upstream = Upstream(agent=self.agent, base_url=b"http://backend",
                             paths=frozenset(ROUTES), gate=BackendGate(2, self.clock),
-                            clock=self.clock, record=self.rows.append)
+                            clock=self.clock, record=self.rows.append,
+                            backend=OllamaBackend("http://backend", HTTPClient(self.agent),
+                                                  self.clock))
         self.registry = Registry(None, upstream, reactor=self.clock,  # type: ignore[arg-type]
                                  cache_size=16, grace_period=0.0, site_limits=LIMITS)
         config = api_config()
@@ -386,6 +390,12 @@ class EdgeLimitTests(SynchronousTestCase):
         self.h.advance(HEADER_TIMEOUT + 1)
         responses, _ = parse_responses(transport.value())
         self.assertEqual([r[0] for r in responses], [200, 408])
+
+    def test_model_discovery_without_a_backend_adapter_is_a_502_not_a_crash(self) -> None:
+        self.h.upstream.backend = None
+        responses, _ = self.h.exchange(self.h.api_site, request(method=b"GET", path=b"/api/tags",
+                                                                 body=b""))
+        openai_error(responses[0], 502, "backend_unavailable")
 
     def test_a_request_that_arrives_whole_arms_no_deadline(self) -> None:
         """The deadline timer is armed only for a request still incomplete after the

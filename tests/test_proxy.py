@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from flm import keys
 from flm.backends.ollama import OLLAMA_PATHS
 from flm.gateway.admission import BackendGate
+from flm.gateway.relay import usage_from_tail
 from flm.gateway.registry import ApiRuntime, ApiSite, Registry
 from flm.gateway.resource import Upstream
 from flm.store import ApiRecord
@@ -609,6 +610,15 @@ class UsageTests(ProxyTestCase):
         self.assertEqual((self.row()["prompt_tokens"], self.row()["completion_tokens"]), (9, 2))
         self.assertEqual(self.row()["bytes_out"], len(response.body))
 
+    def test_usage_asked_for_in_a_body_that_names_the_apis_model(self) -> None:
+        """The option is spliced into the client's bytes (no re-encoding)."""
+        response = self.stream({"model": "llama3.2", "messages": [{"role": "user", "content": "x"}],
+                                "stream": True}, SSE_CHUNKS)
+        self.assertEqual(self.backend.calls[0].json,
+                         {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}],
+                          "stream": True, "stream_options": {"include_usage": True}})
+        self.assertEqual(response.body, SSE_CHUNKS[0] + SSE_CHUNKS[1] + SSE_CHUNKS[3])
+
     def test_usage_held_back_however_the_stream_is_split(self) -> None:
         whole = b"".join(SSE_CHUNKS)
         for size in (1, 7, 50):
@@ -727,3 +737,22 @@ class FailureTests(ProxyTestCase):
         self.assertEqual(len(self.backend.calls), 3)
         self.backend.calls[2].respond(200, b"{}")
         self.assertEqual(Response(third.value()).status, 200)
+
+
+class UsageFromTailTests(SynchronousTestCase):
+    """Token counts from the end of a body: the last count of either spelling wins."""
+
+    def test_openai_and_ollama_spellings(self) -> None:
+        self.assertEqual(usage_from_tail(b'{"usage":{"prompt_tokens":12,"completion_tokens":34}}'),
+                         (12, 34))
+        self.assertEqual(usage_from_tail(b'{"prompt_eval_count":9,"eval_count" : 11}'), (9, 11))
+        self.assertEqual(usage_from_tail(b"no usage here"), (None, None))
+
+    def test_the_last_usage_wins_across_spellings(self) -> None:
+        tail = (b'data: {"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n'
+                b'{"prompt_eval_count":5,"eval_count":7}')
+        self.assertEqual(usage_from_tail(tail), (5, 7))
+
+    def test_a_name_without_a_number_after_it_is_passed_over(self) -> None:
+        tail = b'{"prompt_tokens":3,"completion_tokens":4,"fields":["prompt_tokens"]}'
+        self.assertEqual(usage_from_tail(tail), (3, 4))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import json
 import re
 from collections.abc import Callable, Coroutine
@@ -116,9 +118,11 @@ def validate_model_name(name: object) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=4096)
 def model_key(name: str) -> str:
     """Ollama's idea of "the same model": case-insensitive, with ``:latest``,
-    ``registry.ollama.ai/`` and ``library/`` implied."""
+    ``registry.ollama.ai/`` and ``library/`` implied. (Cached: the request path asks it
+    of the API's model for every request.)"""
     key = name.strip().lower().removeprefix("registry.ollama.ai/").removeprefix("library/")
     return key if ":" in key.rsplit("/", 1)[-1] else key + ":latest"
 

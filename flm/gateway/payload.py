@@ -27,6 +27,7 @@ def _reject_constant(name: str) -> None:
 
 # One decoder: ``json.loads`` with an argument builds a new one for every call.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_ASK_USAGE = b'"stream_options":{"include_usage":true},'
 
 
 def rewrite(raw: bytes, model: str, streams_by_default: bool, takes_usage: bool
@@ -55,11 +56,16 @@ def rewrite(raw: bytes, model: str, streams_by_default: bool, takes_usage: bool
     if takes_usage and payload.get("stream", streams_by_default) is True:
         options = payload.get("stream_options")
         if not (isinstance(options, dict) and options.get("include_usage") is True):
-            options = dict(options) if isinstance(options, dict) else {}
-            options["include_usage"] = True
-            payload["stream_options"] = options
             usage_filter = UsageChunkFilter()
-            same = False
+            if options is None and same and b'"stream_options"' not in raw:
+                # Only the option to add: spliced in after the "{" (the object has keys).
+                at = raw.index(b"{") + 1
+                raw = raw[:at] + _ASK_USAGE + raw[at:]
+            else:
+                options = dict(options) if isinstance(options, dict) else {}
+                options["include_usage"] = True
+                payload["stream_options"] = options
+                same = False
     user = payload.get("user")
     body = raw if same else json.dumps(payload, ensure_ascii=False,
                                        separators=(",", ":")).encode()

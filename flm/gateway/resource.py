@@ -121,7 +121,7 @@ class ProxyResource(Exchanging, Resource):
             timing.bytes_in, timing.bytes_out, config.model, timing.prompt_tokens,
             timing.completion_tokens, request.request_id.decode("ascii"), error,
             key.id or None, key.name, getattr(request, "flm_backend", None),
-            getattr(request, "flm_attempts", None)))
+            getattr(request, "flm_attempts", None), self.up.node))
 
     def _fail(self, request: Any, code: str, message: str, retry_after: int | None = None,
               status: int | None = None) -> _Done:
@@ -260,6 +260,8 @@ class ProxyResource(Exchanging, Resource):
                                  "No enabled backend serves this API.")
             return await self._exchange(request, config, None, None, timing, members[0],
                                         lambda: False)
+        if adapter is None and path in (b"/api/tags", b"/api/show"):
+            raise self._fail(request, "backend_unavailable", "No enabled backend serves this API.")
         try:
             if path == b"/v1/models":
                 body: bytes | None = discovery.models_list(config.model)

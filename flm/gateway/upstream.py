@@ -34,6 +34,8 @@ class Upstream:
     fleet: Fleet | None = None
     #: Failover: at most this many more backends after the first (``max_retries``).
     max_retries: int = 2
+    #: This node's name, the last field of every log row.
+    node: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.fleet is None:

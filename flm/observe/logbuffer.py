@@ -19,10 +19,11 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from flm.observe.periodic import PeriodicService
+from flm.store.db import LOG_COLUMNS
 
 log = Logger()
 
-Row = Sequence[Any]  # ordered as flm.store.db.LOG_COLUMNS, but for the last: ``node``
+Row = Sequence[Any]  # ordered as LOG_COLUMNS; without the last (``node``) from some callers
 
 
 class LogBuffer(PeriodicService):
@@ -112,10 +113,11 @@ class LogBuffer(PeriodicService):
             self._flushing = None
 
     def _stamped(self, batch: list[Row]) -> list[Row]:
+        """Rows without a node get this one's (the proxy's rows carry it already)."""
         if self.node is None:
             return batch
-        node = self.node
-        return [(*row, node) for row in batch]
+        node, width = self.node, len(LOG_COLUMNS)
+        return [row if len(row) == width else (*row, node) for row in batch]
 
     def tick(self) -> Deferred[None]:
         return self.flush()
