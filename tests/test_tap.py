@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,25 @@ def test_make_service_builds_the_tree_store_first(tmp_path: Path) -> None:
     # The data dir exists (private) but nothing was started: no database yet.
     assert data.is_dir()
     assert not (data / "flm.db").exists()
+
+
+def test_long_lived_objects_are_frozen_once_the_services_have_started(
+        tmp_path: Path) -> None:
+    """Out of the cycle collector's sight: its full collections cost the reactor ~4% of
+    the proxy's throughput (bench.ab)."""
+    options = tap.Options()
+    options.parseOptions(["--data-dir", str(tmp_path / "d")])
+    reactor = MemoryReactorClock()
+    tap.makeService(options, reactor)
+    gc.unfreeze()
+    try:
+        for hook, args, kwargs in reactor.whenRunningHooks:
+            hook(*args, **kwargs)
+        assert gc.get_freeze_count() == 0  # not during the startup hooks
+        reactor.advance(0)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_make_service_writes_the_admin_token_without_env(
