@@ -113,14 +113,17 @@ def test_long_lived_objects_are_frozen_once_the_services_have_started(
     reactor = MemoryReactorClock()
     tap.makeService(options, reactor)
     gc.unfreeze()
+    thresholds = gc.get_threshold()
     try:
         for hook, args, kwargs in reactor.whenRunningHooks:
             hook(*args, **kwargs)
         assert gc.get_freeze_count() == 0  # not during the startup hooks
         reactor.advance(0)
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] == 7000
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 def test_make_service_writes_the_admin_token_without_env(
