@@ -675,6 +675,29 @@ class FailureTests(ProxyTestCase):
         self.assertIn(b"event: error", response.body)
         self.assertEqual(self.row()["error"], "backend_timeout")
 
+    def test_the_body_idle_timeout_counts_from_the_headers(self) -> None:
+        """One timer serves both: the headers in time, then no gap as long in the body."""
+        protocol, transport = self.send(http("POST", "/v1/chat/completions",
+                                             b'{"stream": true, "stream_options": '
+                                             b'{"include_usage": true}}'))
+        self.clock.advance(20)
+        upstream = self.backend.calls[0].respond(
+            200, [], headers={b"content-type": b"text/event-stream"}, end=False)
+        self.clock.advance(29.9)
+        self.assertFalse(upstream.transport.stopped)
+        self.clock.advance(0.2)
+        self.assertTrue(upstream.transport.stopped)
+        self.assertEqual(self.row()["error"], "backend_timeout")
+
+    def test_no_timer_is_left_once_a_request_is_answered(self) -> None:
+        self.request(http("POST", "/v1/chat/completions", CHAT), answer=(200, b"{}"))
+        self.assertEqual((self.row()["status"], timers_of(self.clock)), (200, []))
+
+    def test_no_timer_is_left_once_a_request_has_failed(self) -> None:
+        self.backend.refuse = True
+        self.request(http("POST", "/v1/chat/completions", CHAT))
+        self.assertEqual((self.row()["status"], timers_of(self.clock)), (502, []))
+
     def test_429_queue_full_with_retry_after(self) -> None:
         self.send(http("POST", "/v1/chat/completions", CHAT))   # at the backend
         self.send(http("POST", "/v1/chat/completions", CHAT))   # queued (max_queue 1)
@@ -737,6 +760,12 @@ class FailureTests(ProxyTestCase):
         self.assertEqual(len(self.backend.calls), 3)
         self.backend.calls[2].respond(200, b"{}")
         self.assertEqual(Response(third.value()).status, 200)
+
+
+def timers_of(clock: Any) -> list[Any]:
+    """The relay's timers still pending on ``clock``."""
+    return [c for c in clock.getDelayedCalls()
+            if getattr(c.func, "__name__", "") in ("_expire", "_stalled")]
 
 
 class UsageFromTailTests(SynchronousTestCase):

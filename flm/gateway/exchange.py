@@ -41,15 +41,14 @@ class Exchanging:
                                   member.base_url + request.path,
                                   upstream_headers(request.requestHeaders, request.request_id),
                                   None if body is None else BytesBody(body))
-        # A plain timer, not ``addTimeout`` (its closures and callbacks cost ~5 us a request):
-        # once it has run, whatever the cancelled request failed with is a timeout.
-        timer = clock.callLater(config.upstream_timeout_s, d.cancel)
+        relay = Relay(request, clock, config.upstream_timeout_s, usage_filter)
+        relay.wait(d)  # one timer: the headers in time, then no gap longer in the body
         try:
             response = await d
         except Exception as e:
-            expired = not timer.active()
+            expired = relay.expired
             if not expired:
-                timer.cancel()
+                relay.cancel_wait()
                 if isinstance(e, CancelledError):
                     raise
             if request.gone:  # the client hung up: the agent says so as a failure
@@ -66,13 +65,13 @@ class Exchanging:
             if may_retry():
                 raise Retry(code, message) from None
             raise self._fail(request, code, message) from None
-        timer.cancel()
         if response.code >= 500:
             member.failures += 1
             member.health.request_failed(f"answered HTTP {response.code}")
         else:
             member.health.request_ok()
         if response.code in RETRY_STATUSES and may_retry():
+            relay.cancel_wait()
             response.deliverBody(Discard())
             raise Retry("backend_unavailable",
                          f"The backends answered HTTP {response.code}.")
@@ -86,7 +85,6 @@ class Exchanging:
         flm = (headers_at - timing.arrived) * 1000.0 - queue - upstream
         request.setHeader(b"server-timing", b"queue;dur=%.2f, upstream;dur=%.2f, flm;dur=%.2f"
                           % (queue, upstream, max(0.0, flm)))
-        relay = Relay(request, clock, config.upstream_timeout_s, usage_filter)
         response.deliverBody(relay)
         error = None
         try:

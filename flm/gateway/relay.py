@@ -128,30 +128,72 @@ class Relay(Protocol):
         self.done: Deferred[None] = Deferred(lambda d: self.stop())
         self.first_byte_at: float | None = None
         self.bytes_out = 0
-        self.tail = b""
         self.error: str | None = None
         self._clock = clock
         self._idle_timeout = idle_timeout
         self._filter = filter
         self._timer: IDelayedCall | None = None
         self._registered = False
+        # The body's last bytes, for the token counts: joined once at the end, not per chunk.
+        self._tail: list[bytes] = []
+        self._tail_len = 0
+        #: What the timer stops until the answer's headers are in (``wait``).
+        self._waiting: Deferred[Any] | None = None
+        #: The timer ran out before the headers came: a ``wait``ed request that failed
+        #: failed for that.
+        self.expired = False
+
+    def wait(self, answer: Deferred[Any]) -> None:
+        """Time ``answer`` (the request's response) out after ``idle_timeout``: one timer
+        for the headers and then the body, where two cost two more heap operations."""
+        self._waiting = answer
+        self._timer = self._clock.callLater(self._idle_timeout, self._expire)
+
+    def _expire(self) -> None:
+        if self._waiting is not None:
+            self._timer = None
+            self.expired = True
+            self._waiting.cancel()
+        else:
+            self._stalled()
+
+    def cancel_wait(self) -> None:
+        """The request failed before its headers: the timer goes."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    @property
+    def tail(self) -> bytes:
+        return b"".join(self._tail)[-TAIL_BYTES:]
 
     def connectionMade(self) -> None:
         if self.request.channel is not None:
             self.request.registerProducer(self.transport, True)
             self._registered = True
-        self._timer = self._clock.callLater(self._idle_timeout, self._stalled)
+        self._waiting = None
+        if self._timer is None:
+            self._timer = self._clock.callLater(self._idle_timeout, self._stalled)
+        else:
+            self._timer.reset(self._idle_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         if self.first_byte_at is None:
             self.first_byte_at = self._clock.seconds()
         self._timer.reset(self._idle_timeout)
-        self.tail = (self.tail + data)[-TAIL_BYTES:]
+        self._keep_tail(data)
         if self._filter is not None:
             data = self._filter.feed(data)
         if data and self.request.channel is not None:
             self.bytes_out += len(data)
             self.request.write(data)
+
+    def _keep_tail(self, data: bytes) -> None:
+        self._tail.append(data)
+        self._tail_len += len(data)
+        if self._tail_len > 2 * TAIL_BYTES:
+            self._tail = [b"".join(self._tail)[-TAIL_BYTES:]]
+            self._tail_len = len(self._tail[0])
 
     def _stalled(self) -> None:
         self._timer = None
@@ -170,7 +212,7 @@ class Relay(Protocol):
         if self._filter is not None:
             rest = self._filter.flush()
             if self._filter.usage:
-                self.tail = (self.tail + self._filter.usage)[-TAIL_BYTES:]
+                self._keep_tail(self._filter.usage)
             if rest and self.request.channel is not None:
                 self.bytes_out += len(rest)
                 self.request.write(rest)
