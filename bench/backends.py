@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench import harness, loadgen
 from bench.harness import HOST, BenchError
 
@@ -103,18 +105,27 @@ def routing_cost(args: argparse.Namespace, shared: bool) -> dict[str, Any]:
         for name in ports:  # warm-up
             loadgen.run_wrk(ports[name], lua[name], 50, 1)
         rps: dict[str, list[float]] = {"one": [], "two": []}
+        # FLM's own CPU per request: what routing costs FLM, apart from what a second
+        # backend process costs the shared 2 cores.
+        cpu: dict[str, list[float]] = {"one": [], "two": []}
+        proc = psutil.Process(flm.pid)
         for rep in range(args.reps):
             for name in (("one", "two") if rep % 2 == 0 else ("two", "one")):
+                before = harness.cpu_seconds(proc)
                 res = loadgen.run_wrk(ports[name], lua[name], 50, args.duration)
                 if res["errors"] or res["non2xx"]:
                     raise BenchError(f"{name}: {res['errors']} errors, {res['non2xx']} non-2xx")
                 rps[name].append(res["rps"])
-                print(f"  {name}: {res['rps']:.0f} req/s", flush=True)
+                cpu[name].append((harness.cpu_seconds(proc) - before) / res["requests"] * 1e6)
+                print(f"  {name}: {res['rps']:.0f} req/s, FLM {cpu[name][-1]:.0f} us CPU a "
+                      f"request", flush=True)
         status, body = flm.admin("GET", "/api/backends")
         spread = {b["name"]: b["requests"] for b in body["items"]}
         return {"rps_one": harness.median(rps["one"]), "rps_two": harness.median(rps["two"]),
                 "ratio": harness.median(rps["two"]) / harness.median(rps["one"]),
-                "requests_per_backend": spread, "runs": rps}
+                "cpu_us_one": harness.median(cpu["one"]), "cpu_us_two": harness.median(cpu["two"]),
+                "cpu_ratio": harness.median(cpu["two"]) / harness.median(cpu["one"]),
+                "requests_per_backend": spread, "runs": rps, "cpu_runs": cpu}
     raise SystemExit(1)
 
 
@@ -198,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"routing cost: one backend vs two ({what}), wrk c=50", flush=True)
             r = results["routing_shared" if shared else "routing"] = routing_cost(args, shared)
             print(f"routing ({what}): {r['rps_one']:.0f} vs {r['rps_two']:.0f} req/s, ratio "
-                  f"{r['ratio']:.3f} (target >= 0.95); spread {r['requests_per_backend']}",
-                  flush=True)
+                  f"{r['ratio']:.3f} (target >= 0.95); FLM CPU a request {r['cpu_us_one']:.0f}"
+                  f" vs {r['cpu_us_two']:.0f} us, one/two {1 / r['cpu_ratio']:.3f}; spread "
+                  f"{r['requests_per_backend']}", flush=True)
     if args.only in (None, "failover"):
         runs = []
         for rep in range(args.reps):

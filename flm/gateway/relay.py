@@ -142,6 +142,9 @@ class Relay(Protocol):
         #: The timer ran out before the headers came: a ``wait``ed request that failed
         #: failed for that.
         self.expired = False
+        # When the headers or the last bytes came: the timer, when it runs, waits on from
+        # there (moving it at every chunk cost a ``reset`` an event).
+        self._last = 0.0
 
     def wait(self, answer: Deferred[Any]) -> None:
         """Time ``answer`` (the request's response) out after ``idle_timeout``: one timer
@@ -150,10 +153,14 @@ class Relay(Protocol):
         self._timer = self._clock.callLater(self._idle_timeout, self._expire)
 
     def _expire(self) -> None:
+        self._timer = None
         if self._waiting is not None:
-            self._timer = None
             self.expired = True
             self._waiting.cancel()
+            return
+        left = self._last + self._idle_timeout - self._clock.seconds()
+        if left > 0:
+            self._timer = self._clock.callLater(left, self._expire)
         else:
             self._stalled()
 
@@ -172,15 +179,14 @@ class Relay(Protocol):
             self.request.registerProducer(self.transport, True)
             self._registered = True
         self._waiting = None
+        self._last = self._clock.seconds()
         if self._timer is None:
-            self._timer = self._clock.callLater(self._idle_timeout, self._stalled)
-        else:
-            self._timer.reset(self._idle_timeout)
+            self._timer = self._clock.callLater(self._idle_timeout, self._expire)
 
     def dataReceived(self, data: bytes) -> None:
+        self._last = now = self._clock.seconds()
         if self.first_byte_at is None:
-            self.first_byte_at = self._clock.seconds()
-        self._timer.reset(self._idle_timeout)
+            self.first_byte_at = now
         self._keep_tail(data)
         if self._filter is not None:
             data = self._filter.feed(data)
