@@ -64,6 +64,9 @@ class UsageChunkFilter:
         self.usage = b""
 
     def feed(self, data: bytes) -> bytes:
+        if (not self._pending and self._lf_kept is None and data[-2:] == b"\n\n"
+                and b"\r" not in data and b'"usage"' not in data):
+            return data  # whole events with no usage: the usual chunk, passed as it is
         lf = b""
         if self._lf_kept is not None:
             if data[:1] == b"\n":
