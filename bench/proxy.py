@@ -29,6 +29,16 @@ from bench.report import fmt_table, verdict
 from bench.soak import wait_quiet
 
 TARGETS = ("direct", "bare", "flm")
+MODES = ("nonstream", "stream", "stream-usage")
+
+
+def body_of(mode: str) -> dict[str, Any]:
+    """``stream``: the client does not ask for usage, so FLM asks the backend for it (one
+    more event, which the bare proxy is not sent) and hides it from the client."""
+    body = loadgen.chat_body(mode != "nonstream")
+    if mode == "stream-usage":
+        body["stream_options"] = {"include_usage": True}
+    return body
 
 
 def start_flm(logdir: Path, backend_port: int, args: argparse.Namespace) -> harness.FLM:
@@ -64,10 +74,9 @@ def measure(args: argparse.Namespace, targets: tuple[str, ...], ports: dict[str,
     procs = {name: psutil.Process(pid) for name, pid in pids.items()}
     results: dict[str, Any] = {}
     for mode in args.modes:
-        stream = mode == "stream"
         results[mode] = {}
         for name in targets:  # warm-up: connections, pools, caches
-            loadgen.run_wrk(ports[name], lua[(name, stream)], 50, args.warmup)
+            loadgen.run_wrk(ports[name], lua[(name, mode)], 50, args.warmup)
         for conc in args.concurrency:
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
             for rep in range(args.reps):
@@ -76,7 +85,7 @@ def measure(args: argparse.Namespace, targets: tuple[str, ...], ports: dict[str,
                 for name in order:
                     before = {n: cpu_seconds(p) for n, p in procs.items()}
                     main_before = {n: main_thread_cpu(p) for n, p in procs.items()}
-                    res = loadgen.run_wrk(ports[name], lua[(name, stream)], conc, args.duration)
+                    res = loadgen.run_wrk(ports[name], lua[(name, mode)], conc, args.duration)
                     after = {n: cpu_seconds(p) for n, p in procs.items()}
                     main_after = {n: main_thread_cpu(p) for n, p in procs.items()}
                     for n in procs:
@@ -160,7 +169,7 @@ def issue10_checks(results: dict[str, Any]) -> list[tuple[str, str, bool | None]
     """Issue 10: FLM >= 0.95 x the bare proxy's req/s at c=50, streaming and not (the bare
     proxy sending its body as FLM does)."""
     checks: list[tuple[str, str, bool | None]] = []
-    for mode in ("nonstream", "stream"):
+    for mode in MODES:
         row = results.get(mode, {}).get("50", {})
         if "flm" in row and "bare" in row:
             v = row["ratios"]["flm_over_bare_rps"]
@@ -175,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, help="repetitions per cell; medians are printed (default 3, quick 1)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of c=50 warm-up per target and mode")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50])
-    p.add_argument("--modes", nargs="+", choices=("nonstream", "stream"), default=["nonstream", "stream"])
+    p.add_argument("--modes", nargs="+", choices=MODES, default=["nonstream", "stream"],
+                   help="stream-usage: streams whose client asks for usage itself, so the "
+                        "backend sends the bare proxy the same usage event it sends FLM")
     p.add_argument("--ttfb-n", type=int, help="streaming requests per target for TTFB (default 300, quick 100)")
     p.add_argument("--chunk-delay-ms", type=float, default=2.0, help="gap between SSE events in the TTFB run")
     p.add_argument("--backend-max-concurrent", type=int, default=64)
@@ -211,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             api = flm.open_api(name="bench", model="bench-model", max_concurrent=64, max_queue=512,
                                queue_timeout_s=60, upstream_timeout_s=60)
             ports["flm"], keys["flm"], pids["flm"] = api["port"], api["key"], flm.pid
-        lua = {(n, s): loadgen.write_lua(logdir / f"{n}-{s}.lua", loadgen.chat_body(s), keys[n])
-               for n in targets for s in (False, True)}
+        lua = {(n, m): loadgen.write_lua(logdir / f"{n}-{m}.lua", body_of(m), keys[n])
+               for n in targets for m in MODES}
         probes = {f"{n}-{'stream' if s else 'nonstream'}": probe(ports[n], keys[n], s)
                   for n in targets for s in (False, True)}
         if flm is not None:
@@ -230,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             status, logs = flm.admin("GET", f"/api/apis/{api['id']}/logs?limit=1")
             log_ok = status == 200 and isinstance(logs, dict) and bool(logs.get("items"))
             if args.py_spy:
-                spy_note = py_spy(flm.pid, ports["flm"], lua[("flm", False)], 10, Path(args.py_spy))
+                spy_note = py_spy(flm.pid, ports["flm"], lua[("flm", "nonstream")], 10, Path(args.py_spy))
 
         print()
         print(fmt_table(results, ttfb, targets))

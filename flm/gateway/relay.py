@@ -64,9 +64,15 @@ class UsageChunkFilter:
         self.usage = b""
 
     def feed(self, data: bytes) -> bytes:
-        if (not self._pending and self._lf_kept is None and data[-2:] == b"\n\n"
-                and b"\r" not in data and b'"usage"' not in data):
-            return data  # whole events with no usage: the usual chunk, passed as it is
+        if not self._pending and self._lf_kept is None and data[-2:] == b"\n\n" and (
+                b"\r" not in data):
+            # Whole events, LF-framed: the usual chunk, passed as it is, or held back when
+            # it is just the usage event.
+            if b'"usage"' not in data:
+                return data
+            if data.find(b"\n\n") == len(data) - 2 and _EMPTY_CHOICES.search(data):
+                self.usage = data
+                return b""
         lf = b""
         if self._lf_kept is not None:
             if data[:1] == b"\n":
