@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from flm.gateway.fleet import Member
 from flm.gateway.headers import copy_response_headers, upstream_headers
 from flm.gateway.payload import BytesBody
-from flm.gateway.relay import Relay, UsageChunkFilter, usage_from_tail
+from flm.gateway.relay import Relay, UsageChunkFilter
 from flm.gateway.timing import Timing
 from flm.gateway.upstream import RETRY_STATUSES, Discard, Retry, reason
 
@@ -101,7 +101,7 @@ class Exchanging:
             timing.first_byte = relay.first_byte_at
             timing.last_byte = clock.seconds()
             timing.bytes_out = relay.bytes_out
-            timing.prompt_tokens, timing.completion_tokens = usage_from_tail(relay.tail)
+            timing.prompt_tokens, timing.completion_tokens = relay.usage()
         if not request.gone and not request.finished:
             request.finish()
         return response.code, error

@@ -64,7 +64,7 @@ class UsageChunkFilter:
         self.usage = b""
 
     def feed(self, data: bytes) -> bytes:
-        if not self._pending and self._lf_kept is None and data[-2:] == b"\n\n" and (
+        if data.endswith(b"\n\n") and not self._pending and self._lf_kept is None and (
                 b"\r" not in data):
             # Whole events, LF-framed: the usual chunk, passed as it is, or held back when
             # it is just the usage event.
@@ -182,6 +182,13 @@ class Relay(Protocol):
     @property
     def tail(self) -> bytes:
         return b"".join(self._tail)[-TAIL_BYTES:]
+
+    def usage(self) -> tuple[int | None, int | None]:
+        """(prompt, completion) tokens: from the usage event held back, else the tail."""
+        counts = (None, None)
+        if self._filter is not None and self._filter.usage:
+            counts = usage_from_tail(self._filter.usage)
+        return counts if None not in counts else usage_from_tail(self.tail)
 
     def connectionMade(self) -> None:
         if self.request.channel is not None:
