@@ -152,7 +152,7 @@ class FLMService(MultiService):
         self.logbuffer = LogBuffer(self.store, reactor, interval=settings.log_flush_interval_s,
                                    batch_rows=settings.log_batch_rows,
                                    max_rows=settings.log_buffer_max_rows,
-                                   enabled=settings.request_log, node=settings.node)
+                                   enabled=settings.request_log)
         idle = settings.backend_idle_timeout_s
         pool = make_pool(reactor, max(16, settings.backend_concurrency * 2), idle)
         admin_pool = make_pool(reactor, 4, idle)

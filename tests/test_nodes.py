@@ -89,9 +89,9 @@ class NodeRowTests(SynchronousTestCase):
             "status": "stopped", "key_hash": "h", "key_prefix": "p", "max_concurrent": 1,
             "max_queue": 1, "queue_timeout_s": 1.0, "upstream_timeout_s": 1.0,
             "rate_limit_rpm": None, "priority": 0, "allow_unknown_model": False}))
-        buffer = LogBuffer(self.store, self.reactor, node="gpu-a:8420")
+        buffer = LogBuffer(self.store, self.reactor)
         row = (api.id, T0, "POST", "/v1/chat/completions", 200, 1, 2, 3, 4, 10, 20, "m",
-               1, 2, "r1", None, None, None, "default", 1)  # as the proxy records it
+               1, 2, "r1", None, None, None, "default", 1, "gpu-a:8420")  # as the proxy records it
         buffer.record(row)
         self.successResultOf(buffer.flush())
         items, _ = self.successResultOf(logs.logs_page(self.store, api.id, 10))

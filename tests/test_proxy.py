@@ -398,6 +398,11 @@ class JsonTests(ProxyTestCase):
         self.assertEqual(self.backend.calls[0].headers.getRawHeaders(b"content-type"),
                          [b"application/json"])
 
+    def test_the_row_names_the_node_that_served_it(self) -> None:
+        self.upstream.node = "gpu-a:8420"
+        self.request(http("POST", "/v1/chat/completions", CHAT), answer=(200, b"{}"))
+        self.assertEqual(self.row()["node"], "gpu-a:8420")
+
     def test_a_body_that_needs_no_change_goes_on_byte_for_byte(self) -> None:
         body = b'{ "model" : "llama3.2", "messages": [{"role": "user", "content": "hi"}] }'
         self.request(http("POST", "/v1/chat/completions", body))

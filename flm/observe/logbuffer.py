@@ -19,23 +19,19 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from flm.observe.periodic import PeriodicService
-from flm.store.db import LOG_COLUMNS
 
 log = Logger()
 
-Row = Sequence[Any]  # ordered as LOG_COLUMNS; without the last (``node``) from some callers
+Row = Sequence[Any]  # ordered as flm.store.db.LOG_COLUMNS, the node that served it last
 
 
 class LogBuffer(PeriodicService):
     name = "logbuffer"
 
     def __init__(self, store: Any, clock: IReactorTime, *, interval: float = 1.0,
-                 batch_rows: int = 500, max_rows: int = 50_000, enabled: bool = True,
-                 node: str | None = None) -> None:
+                 batch_rows: int = 500, max_rows: int = 50_000, enabled: bool = True) -> None:
         super().__init__(clock, interval)
         self._store = store
-        # This node's name: added to each row as it is written (the proxy's rows lack it).
-        self.node = node
         self.batch_rows = batch_rows
         self.max_rows = max_rows
         self.enabled = enabled  # False: metrics still see every row, none is stored
@@ -91,7 +87,7 @@ class LogBuffer(PeriodicService):
                     if row[1] > last_used.get(row[0], 0.0):
                         last_used[row[0]] = row[1]
                 try:
-                    await self._store.insert_logs(self._stamped(batch), last_used,
+                    await self._store.insert_logs(batch, last_used,
                                                   batch_id=batch_id)
                 except CancelledError:
                     self.rows[:0] = batch
@@ -111,13 +107,6 @@ class LogBuffer(PeriodicService):
                     self.last_error = None
         finally:
             self._flushing = None
-
-    def _stamped(self, batch: list[Row]) -> list[Row]:
-        """Rows without a node get this one's (the proxy's rows carry it already)."""
-        if self.node is None:
-            return batch
-        node, width = self.node, len(LOG_COLUMNS)
-        return [row if len(row) == width else (*row, node) for row in batch]
 
     def tick(self) -> Deferred[None]:
         return self.flush()
