@@ -363,6 +363,8 @@ class JsonTests(ProxyTestCase):
         "huge integer": b'{"max_tokens": ' + b"9" * 5000 + b"}",
         "bad utf-8": b'{"prompt": "\xff\xfe"}',
         "lone surrogate": b'{"prompt": "\\ud800"}',
+        # the model already the API's: the body would otherwise go on as it is
+        "lone surrogate, model kept": b'{"model": "llama3.2", "prompt": "\\ud800"}',
         "NaN": b'{"temperature": NaN}',
         "Infinity": b'{"temperature": Infinity}',
         "-Infinity": b'{"temperature": -Infinity}',
